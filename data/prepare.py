@@ -1,0 +1,238 @@
+"""Turn a RawData into a dataset directory: filter, index, order, split, write.
+
+Output (all written to a temporary folder, then renamed):
+  items.parquet         item_idx (1..N; 0 is padding), item_id, title (unique), categories
+                        (list, shallow/general first, deepest/most specific last), category
+                        (the deepest), year
+  users.parquet         user_idx (0..U-1), user_id, attributes the source has
+  interactions.parquet  user_idx, item_idx, timestamp, rating, position (0-based, time order)
+  sequences.parquet     user_idx, items, timestamps, ratings (lists in time order)
+  card.json             options, counts, input hashes, versions, git commit
+
+Order within a user: by timestamp, ties kept in source-file order (a stable sort on
+the line number). This is RecBole's rule too, and it makes two runs on the same file
+give the same split. Split (REFERENCE.md §1.1): leave-one-out by time, the last item is
+test, the second-to-last validation, the rest training; users need >= 3 interactions.
+"""
+from __future__ import annotations
+
+import html
+import re
+from collections import Counter
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from .loaders import RawData, load_raw
+from .util import DataError, atomic_dir, provenance, sha256_file, write_json
+
+MIN_SEQUENCE = 3  # one training item, one validation item, one test item
+
+
+@dataclass
+class PrepareOptions:
+    dataset: str = "ml-100k"
+    min_rating: float | None = None       # keep interactions with rating >= this
+    user_core: int = 0                    # iterative k-core: users with >= this many items
+    item_core: int = 0                    # ... and items with >= this many users
+    category_depth: int | None = None     # keep at most this many levels of each path
+    require_categories: bool | None = None  # drop items without a category (default per format)
+    dedupe: bool = True                   # keep a user's first interaction with an item only
+
+
+_WS = re.compile(r"\s+")
+
+
+def clean_title(title: str) -> str:
+    """Unescape HTML entities and collapse whitespace: 'A &amp;  B ' -> 'A & B'."""
+    return _WS.sub(" ", html.unescape(str(title))).strip()
+
+
+def unique_titles(titles: list[str], years: list[str | None], ids: list[str]) -> list[str]:
+    """Make display titles unique: duplicates get ' (year)', still-equal ones ' [id]'.
+
+    >>> unique_titles(["Hamlet", "Hamlet", "Heat"], ["1996", "1948", None], ["1", "2", "3"])
+    ['Hamlet (1996)', 'Hamlet (1948)', 'Heat']
+    >>> unique_titles(["Deceiver", "Deceiver"], ["1997", "1997"], ["7", "9"])
+    ['Deceiver (1997) [7]', 'Deceiver (1997) [9]']
+    """
+    key = lambda t: t.casefold()
+    counts = Counter(key(t) for t in titles)
+    out = []
+    for t, y in zip(titles, years):
+        if counts[key(t)] > 1 and y and not t.endswith(f"({y})"):
+            t = f"{t} ({y})"
+        out.append(t)
+    counts = Counter(key(t) for t in out)
+    out = [f"{t} [{i}]" if counts[key(t)] > 1 else t for t, i in zip(out, ids)]
+    if len({key(t) for t in out}) != len(out):  # an id suffix collided with a real title
+        out = [f"{t} [{i}]" if not t.endswith(f"[{i}]") else t for t, i in zip(out, ids)]
+    return out
+
+
+def _categories(items: pd.DataFrame, raw: RawData, depth: int | None) -> list[list[str]]:
+    """Every prefix of every path is a category; order shallow -> deep (deepest last)."""
+    per_item = []
+    for paths in items["paths"]:
+        cats: list[str] = []
+        for path in paths or []:
+            path = [clean_title(c) for c in (path[1:] if raw.drop_top_level else path) if str(c).strip()]
+            if depth is not None:
+                path = path[:depth]
+            for c in path:
+                if c not in cats:
+                    cats.append(c)
+        per_item.append(cats)
+    if raw.flat_categories:
+        # Genre tags have no depth: put the rarest (most specific) last, the way a
+        # hierarchy puts its deepest level last. Ties broken by name for determinism.
+        freq = Counter(c for cats in per_item for c in cats)
+        per_item = [sorted(cats, key=lambda c: (-freq[c], c)) for cats in per_item]
+    return per_item
+
+
+def _k_core(df: pd.DataFrame, user_core: int, item_core: int) -> pd.DataFrame:
+    while True:
+        before = len(df)
+        if item_core > 1:
+            n = df.groupby("item")["user"].transform("size")
+            df = df[n >= item_core]
+        if user_core > 1:
+            n = df.groupby("user")["item"].transform("size")
+            df = df[n >= user_core]
+        if len(df) == before:
+            return df
+
+
+def _sort_ids(ids) -> list[str]:
+    ids = list(ids)
+    try:
+        return sorted(ids, key=lambda s: (int(s), s))
+    except ValueError:
+        return sorted(ids)
+
+
+def prepare(raw: RawData, opts: PrepareOptions) -> dict[str, pd.DataFrame | dict]:
+    """Filter, index and order ``raw``; returns the frames and the counts for card.json."""
+    stats: dict[str, int] = {"raw_interactions": len(raw.interactions), "raw_items": len(raw.items)}
+    items = raw.items.copy()
+    items["item"] = items["item"].astype(str)
+    dup = items["item"].duplicated()
+    if dup.any():
+        raise DataError(f"item table: item id {items['item'][dup].iloc[0]!r} appears more than once; "
+                        "item ids must be unique")
+    items["title"] = items["title"].fillna("").map(clean_title)
+    stats["items_without_title"] = int((items["title"] == "").sum())
+    items = items[items["title"] != ""]
+    items["categories"] = _categories(items, raw, opts.category_depth)
+    require = raw.require_categories if opts.require_categories is None else opts.require_categories
+    if require:
+        has = items["categories"].map(bool)
+        stats["items_without_category"] = int((~has).sum())
+        items = items[has]
+
+    inter = raw.interactions.copy()
+    inter["user"] = inter["user"].astype(str)
+    inter["item"] = inter["item"].astype(str)
+    known = inter["item"].isin(set(items["item"]))
+    if not known.all():
+        first = inter[~known].iloc[0]
+        if raw.unknown_items == "error" and first["item"] not in set(raw.items["item"].astype(str)):
+            src = raw.files[0] if raw.files else "interactions"
+            raise DataError(f"{src}:{int(first['line'])}: item id {first['item']!r} is not in the item "
+                            f"table ({raw.files[1] if len(raw.files) > 1 else 'items'}); fix the id or "
+                            "add the item")
+        stats["interactions_unknown_or_dropped_item"] = int((~known).sum())
+        inter = inter[known]
+    if opts.min_rating is not None:
+        if inter["rating"].isna().all():
+            raise DataError(f"--min-rating {opts.min_rating}: dataset {opts.dataset!r} has no ratings")
+        inter = inter[inter["rating"] >= opts.min_rating]
+    inter = inter.sort_values(["user", "timestamp", "line"], kind="stable")
+    if opts.dedupe:
+        before = len(inter)
+        inter = inter.drop_duplicates(["user", "item"], keep="first")
+        stats["duplicate_interactions_dropped"] = before - len(inter)
+    inter = _k_core(inter, max(opts.user_core, MIN_SEQUENCE), opts.item_core)
+    if inter.empty:
+        raise DataError("no interactions left after filtering (rating threshold / k-core / "
+                        f"users with >= {MIN_SEQUENCE} items); loosen --min-rating, --user-core, --item-core")
+
+    items = items[items["item"].isin(set(inter["item"]))]
+    item_ids = _sort_ids(items["item"])
+    item_idx = {iid: i + 1 for i, iid in enumerate(item_ids)}
+    items = items.set_index("item").loc[item_ids].reset_index()
+    years = [None if (y is None or (isinstance(y, float) and np.isnan(y))) else str(y) for y in items["year"]]
+    titles = unique_titles(list(items["title"]), years, item_ids)
+    items_out = pd.DataFrame({
+        "item_idx": np.arange(1, len(item_ids) + 1, dtype=np.int64),
+        "item_id": item_ids,
+        "title": titles,
+        "categories": list(items["categories"]),
+        "category": [c[-1] if c else None for c in items["categories"]],
+        "year": years,
+    })
+
+    user_ids = _sort_ids(inter["user"].unique())
+    user_idx = {u: i for i, u in enumerate(user_ids)}
+    inter = inter.assign(user_idx=inter["user"].map(user_idx).astype(np.int64),
+                         item_idx=inter["item"].map(item_idx).astype(np.int64))
+    inter = inter.sort_values(["user_idx", "timestamp", "line"], kind="stable")
+    inter["position"] = inter.groupby("user_idx").cumcount().astype(np.int64)
+    inter_out = inter[["user_idx", "item_idx", "timestamp", "rating", "position"]].reset_index(drop=True)
+    inter_out["timestamp"] = inter_out["timestamp"].astype(np.int64)
+    inter_out["rating"] = inter_out["rating"].astype(np.float32)
+
+    g = inter_out.groupby("user_idx", sort=True)
+    seqs = pd.DataFrame({
+        "user_idx": np.arange(len(user_ids), dtype=np.int64),
+        "items": g["item_idx"].agg(list).to_list(),
+        "timestamps": g["timestamp"].agg(list).to_list(),
+        "ratings": g["rating"].agg(list).to_list(),
+    })
+    users_out = pd.DataFrame({"user_idx": np.arange(len(user_ids), dtype=np.int64), "user_id": user_ids})
+    if raw.users is not None:
+        attrs = raw.users.copy()
+        attrs["user"] = attrs["user"].astype(str)
+        attrs = attrs.drop_duplicates("user").set_index("user")
+        for col in attrs.columns:
+            users_out[col] = [attrs[col].get(u) for u in user_ids]
+
+    lengths = seqs["items"].map(len)
+    stats.update(users=len(user_ids), items=len(item_ids), interactions=len(inter_out),
+                 categories=len({c for cats in items_out["categories"] for c in cats}),
+                 min_sequence=int(lengths.min()), max_sequence=int(lengths.max()),
+                 mean_sequence=round(float(lengths.mean()), 2),
+                 density=round(len(inter_out) / (len(user_ids) * len(item_ids)), 6))
+    return {"items": items_out, "users": users_out, "interactions": inter_out,
+            "sequences": seqs, "stats": stats}
+
+
+def prepare_dataset(out: str | Path, opts: PrepareOptions, input_dir=None, overwrite: bool = False,
+                    **files) -> Path:
+    """``recalign data prepare``: read, prepare and write a dataset directory atomically.
+
+    >>> prepare_dataset("runs/ml100k", PrepareOptions("ml-100k"))   # doctest: +SKIP
+    PosixPath('runs/ml100k')
+    """
+    raw = load_raw(opts.dataset, input_dir, **files)
+    res = prepare(raw, opts)
+    with atomic_dir(out, overwrite=overwrite) as tmp:
+        for name in ("items", "users", "interactions", "sequences"):
+            res[name].to_parquet(tmp / f"{name}.parquet", index=False)
+        card = provenance(
+            "data.prepare", asdict(opts),
+            inputs={str(p): sha256_file(p) for p in raw.files},
+            counts=res["stats"],
+            split="leave-one-out by time: test = last, valid = second-to-last, train = the rest",
+            tie_break="equal timestamps keep source-file order (stable sort on line number)",
+            titles="HTML entities unescaped, whitespace collapsed; duplicates get ' (year)', "
+                   "then ' [item_id]'",
+            categories=("flat tags ordered by frequency, rarest (most specific) last"
+                        if raw.flat_categories else "every prefix of each path, deepest last"),
+            notes=raw.notes,
+        )
+        write_json(tmp / "card.json", card)
+    return Path(out)

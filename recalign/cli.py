@@ -1,0 +1,176 @@
+"""recalign: instruction data and alignment harness for LLM recommenders.
+
+Imports of the stages stay inside the handlers so that ``recalign --help`` starts instantly.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+from pathlib import Path
+
+
+def _add_dataclass_args(p: argparse.ArgumentParser, cls, skip: tuple[str, ...] = ()) -> None:
+    """One ``--flag`` per dataclass field, typed from its default, help from metadata."""
+    for f in dataclasses.fields(cls):
+        if f.name in skip:
+            continue
+        flag = "--" + f.name.replace("_", "-")
+        default = f.default
+        help_ = f.metadata.get("help", "") + f" (default: {default})"
+        if isinstance(default, bool):
+            p.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=help_)
+        else:
+            typ = type(default) if default is not None else (float if "float" in str(f.type) else int)
+            p.add_argument(flag, type=typ, default=None, help=help_)
+
+
+def _dataclass_from(cls, args: argparse.Namespace, config: str | None = None, **fixed):
+    values = {}
+    if config:
+        import yaml
+
+        loaded = yaml.safe_load(Path(config).read_text()) or {}
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(loaded) - names)
+        if unknown:
+            from recalign.data.util import DataError, suggest
+
+            raise DataError(f"{config}: unknown key {unknown[0]!r}{suggest(unknown[0], names)}")
+        values.update(loaded)
+    for f in dataclasses.fields(cls):
+        v = getattr(args, f.name, None)
+        if v is not None:
+            values[f.name] = v
+    values.update(fixed)
+    return cls(**values)
+
+
+# ----------------------------------------------------------------------------- handlers
+
+
+def cmd_assets(args) -> int:
+    from recalign.data import assets
+
+    if args.action == "list":
+        for name, a in assets.ASSETS.items():
+            print(f"{name:24s} {a.pin:22s} {a.licence[:40]:40s} {assets.status(name)}")
+        return 0
+    if not args.name:
+        raise SystemExit("recalign assets fetch: name one asset: " + ", ".join(assets.ASSETS))
+    for name in args.name:
+        print(assets.asset_path(name))
+    return 0
+
+
+def cmd_data_prepare(args) -> int:
+    from recalign.data.prepare import PrepareOptions, prepare_dataset
+
+    opts = PrepareOptions(dataset=args.dataset, min_rating=args.min_rating, user_core=args.user_core,
+                          item_core=args.item_core, category_depth=args.category_depth,
+                          require_categories=args.require_categories)
+    files = {k: getattr(args, k) for k in ("interactions", "items", "users") if getattr(args, k)}
+    out = prepare_dataset(args.out, opts, input_dir=args.input, overwrite=args.overwrite, **files)
+    card = json.loads((out / "card.json").read_text())
+    c = card["counts"]
+    print(f"wrote {out}: {c['users']} users, {c['items']} items, {c['interactions']} interactions, "
+          f"{c['categories']} categories (sequence length {c['min_sequence']}-{c['max_sequence']}, "
+          f"mean {c['mean_sequence']})")
+    return 0
+
+
+def cmd_teacher_train(args) -> int:
+    from recalign.data import RecDataset
+    from recalign.teacher.config import TeacherTrainConfig
+    from recalign.teacher.train import save_teacher, summary_table, train_teacher
+
+    cfg = _dataclass_from(TeacherTrainConfig, args, args.config)
+    ds = RecDataset.load(args.data)
+    if Path(args.out).exists() and not args.overwrite:
+        raise FileExistsError(f"{args.out} already exists; pass --overwrite or choose another --out")
+    print(f"training SASRec teacher on {args.data}: {ds.n_users} users, {ds.n_items} items", file=sys.stderr)
+    model, metrics = train_teacher(ds, cfg, log=lambda s: print(s, file=sys.stderr))
+    save_teacher(args.out, model, metrics, cfg, ds, overwrite=args.overwrite)
+    print(f"wrote {args.out} (best epoch {metrics['best_epoch']}, {metrics['train_time_s']} s)")
+    print(summary_table(metrics))
+    return 0
+
+
+def cmd_teacher_eval(args) -> int:
+    from recalign.data import RecDataset
+    from recalign.teacher import Teacher
+    from recalign.teacher.train import evaluate
+
+    ds = RecDataset.load(args.data)
+    t = Teacher.load(args.teacher, data=ds)
+    res = {conv: evaluate(t.model, ds, args.split, conv == "masked") for conv in ("masked", "unmasked")}
+    print(json.dumps({"split": args.split, **res}, indent=2))
+    return 0
+
+
+# ----------------------------------------------------------------------------- parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="recalign", description=__doc__.split("\n")[0])
+    p.add_argument("--version", action="version", version="recalign 0.1.0")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    a = sub.add_parser("assets", help="list or fetch the embedded default assets")
+    a.add_argument("action", choices=["list", "fetch"])
+    a.add_argument("name", nargs="*", help="asset name(s) for fetch: ml-100k, smollm2-135m-instruct")
+    a.set_defaults(func=cmd_assets)
+
+    d = sub.add_parser("data", help="prepare interaction logs")
+    dsub = d.add_subparsers(dest="data_command", required=True)
+    dp = dsub.add_parser("prepare", help="read a dataset, filter, split and write a dataset directory")
+    dp.add_argument("--dataset", default="ml-100k",
+                    help="ml-100k (default; the embedded asset when --input is not given), ml-1m, "
+                         "amazon, steam, generic")
+    dp.add_argument("--input", help="directory with the dataset's files")
+    dp.add_argument("--interactions", help="interactions/reviews file (overrides discovery)")
+    dp.add_argument("--items", help="items/meta file (overrides discovery)")
+    dp.add_argument("--users", help="users file (optional)")
+    dp.add_argument("--out", required=True, help="dataset directory to write")
+    dp.add_argument("--min-rating", type=float, help="keep interactions with rating >= this")
+    dp.add_argument("--user-core", type=int, default=0, help="iterative k-core: min items per user")
+    dp.add_argument("--item-core", type=int, default=0, help="iterative k-core: min users per item")
+    dp.add_argument("--category-depth", type=int, help="keep at most this many category levels")
+    dp.add_argument("--require-categories", action=argparse.BooleanOptionalAction, default=None,
+                    help="drop items without a category (default: yes for amazon/steam, no otherwise)")
+    dp.add_argument("--overwrite", action="store_true")
+    dp.set_defaults(func=cmd_data_prepare)
+
+    t = sub.add_parser("teacher", help="train / evaluate the SASRec teacher")
+    tsub = t.add_subparsers(dest="teacher_command", required=True)
+    tt = tsub.add_parser("train", help="train SASRec with early stopping on validation NDCG@10")
+    tt.add_argument("--data", required=True, help="dataset directory from `recalign data prepare`")
+    tt.add_argument("--out", required=True, help="teacher directory to write")
+    tt.add_argument("--config", help="YAML file with TeacherTrainConfig fields (flags override it)")
+    tt.add_argument("--overwrite", action="store_true")
+    from recalign.teacher.config import TeacherTrainConfig
+
+    _add_dataclass_args(tt, TeacherTrainConfig)
+    tt.set_defaults(func=cmd_teacher_train)
+    te = tsub.add_parser("eval", help="full-ranking HR/NDCG/MRR of a trained teacher")
+    te.add_argument("--teacher", required=True)
+    te.add_argument("--data", required=True)
+    te.add_argument("--split", default="test", choices=["valid", "test"])
+    te.set_defaults(func=cmd_teacher_eval)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from recalign.data.util import DataError
+
+    try:
+        return args.func(args) or 0
+    except (DataError, FileExistsError) as e:
+        print(f"recalign: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,140 @@
+"""The trained teacher, queried in-process and batched.
+
+>>> t = Teacher.load("runs/teacher")                          # doctest: +SKIP
+>>> t.topk([[1, 50, 172]], k=10, include="Sci-Fi")            # doctest: +SKIP
+[array([ 181,  258, ...])]
+>>> t.rank([[1, 50, 172]], [[181, 7]])                        # doctest: +SKIP
+[array([  0, 311])]
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from recalign.data import Catalog, DataError, RecDataset
+
+from .sasrec import SASRec, SASRecConfig, left_pad
+
+CategoryArg = str | Sequence[str | None] | None
+
+
+class Teacher:
+    def __init__(self, model: SASRec, catalog: Catalog | None = None, batch_size: int = 512):
+        self.model = model.eval()
+        self.catalog = catalog
+        self.batch_size = batch_size
+        if catalog is not None and catalog.n_items != model.cfg.n_items:
+            raise DataError(f"teacher was trained on {model.cfg.n_items} items but the catalog has "
+                            f"{catalog.n_items}; use the dataset directory the teacher was trained on")
+
+    @classmethod
+    def load(cls, path: str | Path, data: str | Path | RecDataset | None = None) -> "Teacher":
+        """Load ``model.safetensors`` + ``config.json``; the catalog comes from ``data`` or
+        from the dataset directory recorded at training time."""
+        from safetensors.torch import load_file
+
+        path = Path(path)
+        if not (path / "model.safetensors").is_file() or not (path / "config.json").is_file():
+            raise DataError(f"{path}: not a teacher directory (needs model.safetensors and config.json); "
+                            "create it with `recalign teacher train --data DIR --out DIR`")
+        conf = json.loads((path / "config.json").read_text())
+        model = SASRec(SASRecConfig(**conf["model"]))
+        model.load_state_dict(load_file(str(path / "model.safetensors")))
+        catalog = None
+        if isinstance(data, RecDataset):
+            catalog = data.catalog
+        elif data is not None or (conf.get("data") and Path(conf["data"]).is_dir()):
+            catalog = RecDataset.load(data or conf["data"]).catalog
+        return cls(model, catalog)
+
+    @property
+    def n_items(self) -> int:
+        return self.model.cfg.n_items
+
+    @torch.no_grad()
+    def scores(self, histories: Sequence[Sequence[int]]) -> torch.Tensor:
+        """[B, N+1] scores for the next item of each history (padding = -inf)."""
+        out = []
+        for i in range(0, len(histories), self.batch_size):
+            batch = histories[i:i + self.batch_size]
+            h = self.model(left_pad(batch, self.model.cfg.max_len))[:, -1]
+            out.append(self.model.item_logits(h))
+        return torch.cat(out) if out else torch.zeros(0, self.n_items + 1)
+
+    def _cat_masks(self, cats: CategoryArg, b: int) -> torch.Tensor | None:
+        if cats is None:
+            return None
+        if self.catalog is None:
+            raise DataError("category filters need the catalog: Teacher.load(path, data=DATASET_DIR)")
+        if isinstance(cats, str):
+            cats = [cats] * b
+        if len(cats) != b:
+            raise ValueError(f"got {len(cats)} categories for {b} histories")
+        full = np.ones(self.n_items + 1, dtype=bool)
+        return torch.from_numpy(np.stack([self.catalog.category_mask(c) if c is not None else full
+                                          for c in cats]))
+
+    def topk(self, histories: Sequence[Sequence[int]], k: int, exclude_history: bool = True,
+             exclude: Sequence[Sequence[int]] | None = None, include: CategoryArg = None,
+             exclude_category: CategoryArg = None) -> list[np.ndarray]:
+        """Top-``k`` items per history, best first.
+
+        exclude_history: drop the history's own items; exclude: extra items per row;
+        include: keep only items of category C (one name, or one per row, None = no filter);
+        exclude_category: drop items of category C. A row with fewer than ``k`` allowed
+        items returns fewer.
+        """
+        s = self.scores(histories)
+        b = s.shape[0]
+        if exclude_history:
+            for r, h in enumerate(histories):
+                if len(h):
+                    s[r, torch.tensor(np.asarray(h, dtype=np.int64))] = float("-inf")
+        if exclude is not None:
+            for r, ex in enumerate(exclude):
+                if len(ex):
+                    s[r, torch.tensor(np.asarray(ex, dtype=np.int64))] = float("-inf")
+        inc = self._cat_masks(include, b)
+        if inc is not None:
+            s[~inc] = float("-inf")
+        exc = self._cat_masks(exclude_category, b)
+        if exc is not None:
+            none_rows = [r for r, c in enumerate([exclude_category] * b if isinstance(exclude_category, str)
+                                                 else exclude_category) if c is None]
+            exc[none_rows] = False
+            s[exc] = float("-inf")
+        k = min(k, s.shape[1])
+        vals, idx = s.topk(k, dim=1)
+        return [idx[r][torch.isfinite(vals[r])].numpy() for r in range(b)]
+
+    def rank(self, histories: Sequence[Sequence[int]], items: Sequence[Sequence[int]],
+             mask_history: bool = True) -> list[np.ndarray]:
+        """0-based full-catalog rank of each given item for its history.
+
+        With ``mask_history`` the history's items are removed from the ranking (an item that
+        is itself in the history gets rank = number of catalog items, i.e. worst).
+        """
+        s = self.scores(histories)
+        n = s.shape[1] - 1
+        out = []
+        for r, (h, its) in enumerate(zip(histories, items)):
+            row = s[r].clone()
+            if mask_history and len(h):
+                row[torch.tensor(np.asarray(h, dtype=np.int64))] = float("-inf")
+            its = torch.tensor(np.asarray(its, dtype=np.int64))
+            if len(its) == 0:
+                out.append(np.zeros(0, dtype=np.int64))
+                continue
+            if int(its.min()) < 1 or int(its.max()) > n:
+                raise ValueError(f"item indices must be in 1..{n}")
+            v = row[its]
+            sorted_row, _ = torch.sort(row, descending=True)
+            # rank = number of items scoring strictly higher (searchsorted on the negated row)
+            ranks = torch.searchsorted(-sorted_row, -v, right=False)
+            ranks[~torch.isfinite(v)] = n
+            out.append(ranks.numpy())
+        return out

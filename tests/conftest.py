@@ -1,0 +1,30 @@
+import os
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared"
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
+
+# Tests read the embedded defaults from ../shared/assets when it is there (CI lays it
+# beside the checkout); otherwise recalign fetches them as it would for a user.
+if "RECALIGN_ASSETS" not in os.environ and (SHARED / "assets").is_dir():
+    os.environ["RECALIGN_ASSETS"] = str(SHARED / "assets")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+@pytest.fixture(scope="session")
+def ml100k_dir(tmp_path_factory):
+    """ml-100k prepared once per test session with default options."""
+    from recalign.data.prepare import PrepareOptions, prepare_dataset
+
+    out = tmp_path_factory.mktemp("data") / "ml100k"
+    return prepare_dataset(out, PrepareOptions("ml-100k"))
+
+
+@pytest.fixture(scope="session")
+def shared_dir():
+    if not SHARED.is_dir():
+        pytest.skip("../shared is not beside this checkout")
+    return SHARED
