@@ -1,0 +1,46 @@
+import json
+import subprocess
+import sys
+
+from recalign.cli import main
+
+
+def test_help_does_not_import_heavy_modules():
+    code = ("import sys; from recalign.cli import build_parser; build_parser(); "
+            "print(sorted(m for m in ('torch', 'pandas', 'transformers', 'trl', 'vllm') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+def test_prepare_and_errors(tmp_path, capsys):
+    assert main(["data", "prepare", "--out", str(tmp_path / "d")]) == 0
+    assert "943 users, 1682 items" in capsys.readouterr().out
+    assert main(["data", "prepare", "--out", str(tmp_path / "d")]) == 2
+    assert "--overwrite" in capsys.readouterr().err
+    assert main(["data", "prepare", "--dataset", "ml1m", "--out", str(tmp_path / "e")]) == 2
+    assert "did you mean 'ml-1m'" in capsys.readouterr().err
+    assert not (tmp_path / "e").exists()
+
+
+def test_teacher_train_and_eval_cli(tmp_path, capsys):
+    from recalign.data import RecDataset
+    from recalign.data.prepare import PrepareOptions, prepare_dataset
+
+    data = prepare_dataset(tmp_path / "d", PrepareOptions("ml-100k", user_core=300))  # few users: fast
+    cfg = tmp_path / "teacher.yaml"
+    cfg.write_text("hidden: 16\ninner: 32\nepochs: 1\nmax_len: 20\n")
+    assert main(["teacher", "train", "--data", str(data), "--out", str(tmp_path / "t"),
+                 "--config", str(cfg), "--layers", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "SASRec (masked)" in out and "Popularity (unmasked)" in out
+    card = json.loads((tmp_path / "t" / "card.json").read_text())
+    assert card["config"]["hidden"] == 16 and card["config"]["layers"] == 1 and card["seed"] == 42
+    assert len(card["inputs"]["sequences"]) == 64
+    assert main(["teacher", "eval", "--teacher", str(tmp_path / "t"), "--data", str(data)]) == 0
+    res = json.loads(capsys.readouterr().out)
+    assert set(res) == {"split", "masked", "unmasked"} and 0 <= res["masked"]["HR@10"] <= 1
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("hiden: 3\n")
+    assert main(["teacher", "train", "--data", str(data), "--out", str(tmp_path / "t2"), "--config", str(bad)]) == 2
+    assert "did you mean 'hidden'" in capsys.readouterr().err
+    assert RecDataset.load(data).n_users < 943
