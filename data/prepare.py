@@ -58,7 +58,8 @@ def unique_titles(titles: list[str], years: list[str | None], ids: list[str]) ->
     >>> unique_titles(["Deceiver", "Deceiver"], ["1997", "1997"], ["7", "9"])
     ['Deceiver (1997) [7]', 'Deceiver (1997) [9]']
     """
-    key = lambda t: t.casefold()
+    from .catalog import normalize_title as key   # uniqueness as the catalog matcher sees it
+
     counts = Counter(key(t) for t in titles)
     out = []
     for t, y in zip(titles, years):
@@ -72,19 +73,19 @@ def unique_titles(titles: list[str], years: list[str | None], ids: list[str]) ->
     return out
 
 
-def _categories(items: pd.DataFrame, raw: RawData, depth: int | None) -> list[list[str]]:
+def _categories(items: pd.DataFrame, raw: RawData, opts_depth: int | None) -> list[list[str]]:
     """Every prefix of every path is a category; order shallow -> deep (deepest last)."""
     per_item = []
     for paths in items["paths"]:
-        cats: list[str] = []
+        depth: dict[str, int] = {}           # category -> deepest level it occurs at
         for path in paths or []:
             path = [clean_title(c) for c in (path[1:] if raw.drop_top_level else path) if str(c).strip()]
-            if depth is not None:
-                path = path[:depth]
-            for c in path:
-                if c not in cats:
-                    cats.append(c)
-        per_item.append(cats)
+            if opts_depth is not None:
+                path = path[:opts_depth]
+            for level, c in enumerate(path):
+                depth[c] = max(depth.get(c, -1), level)
+        # Stable sort by depth: with several paths the deepest level of any path comes last.
+        per_item.append(sorted(depth, key=lambda c: depth[c]))
     if raw.flat_categories:
         # Genre tags have no depth: put the rarest (most specific) last, the way a
         # hierarchy puts its deepest level last. Ties broken by name for determinism.
@@ -136,14 +137,16 @@ def prepare(raw: RawData, opts: PrepareOptions) -> dict[str, pd.DataFrame | dict
     inter = raw.interactions.copy()
     inter["user"] = inter["user"].astype(str)
     inter["item"] = inter["item"].astype(str)
-    known = inter["item"].isin(set(items["item"]))
-    if not known.all():
-        first = inter[~known].iloc[0]
-        if raw.unknown_items == "error" and first["item"] not in set(raw.items["item"].astype(str)):
+    if raw.unknown_items == "error":
+        unknown = ~inter["item"].isin(set(raw.items["item"].astype(str)))
+        if unknown.any():
+            first = inter[unknown].iloc[0]
             src = raw.files[0] if raw.files else "interactions"
             raise DataError(f"{src}:{int(first['line'])}: item id {first['item']!r} is not in the item "
                             f"table ({raw.files[1] if len(raw.files) > 1 else 'items'}); fix the id or "
                             "add the item")
+    known = inter["item"].isin(set(items["item"]))
+    if not known.all():
         stats["interactions_unknown_or_dropped_item"] = int((~known).sum())
         inter = inter[known]
     if opts.min_rating is not None:

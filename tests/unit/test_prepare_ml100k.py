@@ -71,3 +71,45 @@ def test_unique_titles_rules():
     assert unique_titles(["A", "A"], [None, None], ["x", "y"]) == ["A [x]", "A [y]"]
     out = unique_titles(["Cape Fear (1991)", "Cape Fear (1991)"], ["1991", "1991"], ["5", "6"])
     assert len(set(out)) == 2
+
+
+def _raw(paths_per_item, inter_items, titles=None, **kw):
+    from recalign.data.loaders import RawData
+
+    n = len(paths_per_item)
+    items = pd.DataFrame({"item": [str(i) for i in range(1, n + 1)],
+                          "title": titles or [f"T{i}" for i in range(1, n + 1)],
+                          "paths": paths_per_item, "year": [None] * n})
+    inter = pd.DataFrame({"user": ["u"] * len(inter_items), "item": inter_items,
+                          "timestamp": list(range(len(inter_items))), "rating": [5.0] * len(inter_items),
+                          "line": list(range(1, len(inter_items) + 1))})
+    return RawData(inter, items, None, [], **kw)
+
+
+def test_deepest_category_last_across_paths():
+    from recalign.data.prepare import prepare
+
+    raw = _raw([[["Movies & TV", "Movies", "Drama"], ["Movies & TV", "TV"]], [["Movies & TV", "TV"]]],
+               ["1", "2", "1"], drop_top_level=True, require_categories=True)
+    res = prepare(raw, PrepareOptions("amazon", dedupe=False))
+    first = res["items"].iloc[0]
+    assert first.category == "Drama" and list(first.categories)[-1] == "Drama"
+    assert set(first.categories) == {"Movies", "TV", "Drama"}
+
+
+def test_unknown_item_is_an_error_even_after_a_dropped_item():
+    import pytest
+
+    from recalign.data import DataError
+    from recalign.data.prepare import prepare
+
+    raw = _raw([[["A"]], []], ["1", "2", "ZZZ"], titles=["T1", ""])   # item 2 dropped: no title
+    with pytest.raises(DataError, match=r":3: item id 'ZZZ'"):
+        prepare(raw, PrepareOptions("generic"))
+
+
+def test_titles_unique_as_the_catalog_matches_them():
+    out = unique_titles(['"Heat"', "Heat"], [None, None], ["1", "2"])
+    from recalign.data import normalize_title
+
+    assert len({normalize_title(t) for t in out}) == 2
