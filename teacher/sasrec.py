@@ -73,8 +73,14 @@ class SASRec(nn.Module):
         return logits
 
 
-def left_pad(histories, max_len: int, device=None) -> torch.Tensor:
-    """Keep the last ``max_len`` items of each history and left-pad with 0."""
+def left_pad(histories, max_len: int, device=None, trim: bool = False) -> torch.Tensor:
+    """Keep the last ``max_len`` items of each history and left-pad with 0.
+
+    ``trim`` pads only to the longest history in the batch: the positions are counted from
+    the right, so the scores are the same and short prompt windows cost far less.
+    """
+    if trim:
+        max_len = max(1, min(max_len, max((len(h) for h in histories), default=1)))
     out = torch.zeros(len(histories), max_len, dtype=torch.long)
     for i, h in enumerate(histories):
         h = list(h)[-max_len:]

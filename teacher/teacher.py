@@ -61,7 +61,7 @@ class Teacher:
         out = []
         for i in range(0, len(histories), self.batch_size):
             batch = histories[i:i + self.batch_size]
-            h = self.model(left_pad(batch, self.model.cfg.max_len))[:, -1]
+            h = self.model(left_pad(batch, self.model.cfg.max_len, trim=True))[:, -1]
             out.append(self.model.item_logits(h))
         return torch.cat(out) if out else torch.zeros(0, self.n_items + 1)
 
@@ -80,36 +80,32 @@ class Teacher:
 
     def topk(self, histories: Sequence[Sequence[int]], k: int, exclude_history: bool = True,
              exclude: Sequence[Sequence[int]] | None = None, include: CategoryArg = None,
-             exclude_category: CategoryArg = None) -> list[np.ndarray]:
+             exclude_category: CategoryArg = None, scores: torch.Tensor | None = None) -> list[np.ndarray]:
         """Top-``k`` items per history, best first.
 
         exclude_history: drop the history's own items; exclude: extra items per row;
         include: keep only items of category C (one name, or one per row, None = no filter);
-        exclude_category: drop items of category C. A row with fewer than ``k`` allowed
+        exclude_category: drop items of category C; scores: reuse ``self.scores(histories)``
+        across several queries on the same histories. A row with fewer than ``k`` allowed
         items returns fewer.
         """
-        s = self.scores(histories)
+        s = self.scores(histories) if scores is None else scores.clone()
         b = s.shape[0]
         if exclude_history:
-            for r, h in enumerate(histories):
-                if len(h):
-                    s[r, torch.tensor(np.asarray(h, dtype=np.int64))] = float("-inf")
+            _mask_items(s, histories)
         if exclude is not None:
-            for r, ex in enumerate(exclude):
-                if len(ex):
-                    s[r, torch.tensor(np.asarray(ex, dtype=np.int64))] = float("-inf")
+            _mask_items(s, exclude)
         inc = self._cat_masks(include, b)
         if inc is not None:
             s[~inc] = float("-inf")
-        exc = self._cat_masks(exclude_category, b)
-        if exc is not None:
-            none_rows = [r for r, c in enumerate([exclude_category] * b if isinstance(exclude_category, str)
-                                                 else exclude_category) if c is None]
-            exc[none_rows] = False
+        if exclude_category is not None:
+            per_row = [exclude_category] * b if isinstance(exclude_category, str) else list(exclude_category)
+            exc = self._cat_masks(per_row, b)
+            exc[[r for r, c in enumerate(per_row) if c is None]] = False
             s[exc] = float("-inf")
-        k = min(k, s.shape[1])
-        vals, idx = s.topk(k, dim=1)
-        return [idx[r][torch.isfinite(vals[r])].numpy() for r in range(b)]
+        vals, idx = s.topk(min(k, s.shape[1]), dim=1)
+        finite, idx = torch.isfinite(vals).numpy(), idx.numpy()
+        return [row[ok] for row, ok in zip(idx, finite)]
 
     def rank(self, histories: Sequence[Sequence[int]], items: Sequence[Sequence[int]],
              mask_history: bool = True) -> list[np.ndarray]:
@@ -138,3 +134,13 @@ class Teacher:
             ranks[~torch.isfinite(v)] = n
             out.append(ranks.numpy())
         return out
+
+
+def _mask_items(scores: torch.Tensor, items_per_row) -> None:
+    """Set ``scores[r, i] = -inf`` for every item i of row r, in one indexing call."""
+    lens = [len(x) for x in items_per_row]
+    if not sum(lens):
+        return
+    rows = np.repeat(np.arange(len(lens)), lens)
+    cols = np.concatenate([np.asarray(x, dtype=np.int64) for x in items_per_row if len(x)])
+    scores[torch.from_numpy(rows), torch.from_numpy(cols)] = float("-inf")
