@@ -80,6 +80,58 @@ def cmd_data_prepare(args) -> int:
     return 0
 
 
+def cmd_data_build(args) -> int:
+    from recalign.tasks.builder import BuildConfig, build_dataset
+
+    cfg = BuildConfig(epochs=args.epochs, seed=args.seed, sharegpt=args.sharegpt, chat_ratio=args.chat_ratio,
+                      reference=args.reference, max_users=args.max_users, templates=args.templates)
+    out = build_dataset(args.data, args.teacher, args.tasks, args.out, cfg, task_dir=args.task_dir,
+                        overwrite=args.overwrite)
+    card = json.loads((out / "card.json").read_text())
+    for split, counts in card["counts"].items():
+        if counts:
+            print(f"{split:5s} " + ", ".join(f"{t}: {n}" for t, n in counts.items()))
+    print(f"wrote {out} ({card['rows_total']} rows, {card['rows_per_second']:.0f} rows/s)")
+    for note in card["notes"]:
+        print(f"note: {note}")
+    return 0
+
+
+def cmd_data_show(args) -> int:
+    from recalign.tasks.spec import load_specs, resolve_tasks
+
+    wanted = {s.task for s in resolve_tasks(args.task, load_specs(args.task_dir))}
+    path = Path(args.data) / f"{args.split}.jsonl"
+    if not path.is_file():
+        from recalign.data.util import DataError
+
+        raise DataError(f"{path}: not found; build instruction data with `recalign data build --out {args.data}`")
+    tok = None
+    if args.model:
+        from transformers import AutoTokenizer
+
+        tok = AutoTokenizer.from_pretrained(args.model)
+    shown = 0
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            row = json.loads(line)
+            if row["task"] not in wanted:
+                continue
+            print(f"===== {row['task']} (user {row['user_id']}, target {row['target']}, "
+                  f"category {row['category']}, n {row['n']}) =====")
+            if tok is not None:
+                print(tok.apply_chat_template(row["prompt"] + row["completion"], tokenize=False))
+            else:
+                for m in row["prompt"] + row["completion"]:
+                    print(f"[{m['role']}]\n{m['content']}")
+            shown += 1
+            if shown >= args.n:
+                break
+    if not shown:
+        print(f"no {args.split} rows for {', '.join(sorted(wanted))} in {path}")
+    return 0
+
+
 def cmd_teacher_train(args) -> int:
     from recalign.data import RecDataset
     from recalign.teacher.config import TeacherTrainConfig
@@ -122,7 +174,7 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("name", nargs="*", help="asset name(s) for fetch: ml-100k, smollm2-135m-instruct")
     a.set_defaults(func=cmd_assets)
 
-    d = sub.add_parser("data", help="prepare interaction logs")
+    d = sub.add_parser("data", help="prepare interaction logs, build and show instruction datasets")
     dsub = d.add_subparsers(dest="data_command", required=True)
     dp = dsub.add_parser("prepare", help="read a dataset, filter, split and write a dataset directory")
     dp.add_argument("--dataset", default="ml-100k",
@@ -141,6 +193,32 @@ def build_parser() -> argparse.ArgumentParser:
                     help="drop items without a category (default: yes for amazon/steam, no otherwise)")
     dp.add_argument("--overwrite", action="store_true")
     dp.set_defaults(func=cmd_data_prepare)
+    db = dsub.add_parser("build", help="render teacher-labelled instruction datasets (I0-I4)")
+    db.add_argument("--data", required=True, help="dataset directory from `recalign data prepare`")
+    db.add_argument("--teacher", required=True, help="teacher directory from `recalign teacher train`")
+    db.add_argument("--tasks", default="I0,I1,I2,I3,I4",
+                    help="comma-separated tasks or groups: I0, I1 (= I1+,I1-), I2 (= I2<=,I2>=,I2~), "
+                         "I3 (= I3,I3-QA), I4")
+    db.add_argument("--out", required=True)
+    db.add_argument("--sharegpt", help="ShareGPT JSON/JSONL for I4 (I4 is skipped without it)")
+    db.add_argument("--chat-ratio", type=float, help="I4 rows per recommendation row (spec default 0.1)")
+    db.add_argument("--epochs", type=int, default=1, help="train rows are re-drawn per epoch")
+    db.add_argument("--seed", type=int, default=42)
+    db.add_argument("--reference", help="JSONL {user_id, items} of the model's own I0 top-10, for the "
+                                        "test-time category rules (default: the teacher's top-10)")
+    db.add_argument("--max-users", type=int, help="only the first N users (quick runs)")
+    db.add_argument("--templates", help="a folder of your own .jinja templates (rendered sandboxed)")
+    db.add_argument("--task-dir", help="a folder of your own task YAMLs (added to the built-in ones)")
+    db.add_argument("--overwrite", action="store_true")
+    db.set_defaults(func=cmd_data_build)
+    ds_ = dsub.add_parser("show", help="print rendered examples of a built instruction dataset")
+    ds_.add_argument("--data", required=True, help="directory from `recalign data build`")
+    ds_.add_argument("--task", default="I0", help="task or group, e.g. I1")
+    ds_.add_argument("-n", type=int, default=3, help="how many rows")
+    ds_.add_argument("--split", default="train", choices=["train", "valid", "test"])
+    ds_.add_argument("--model", help="apply this model's chat template (local HF dir or hub id)")
+    ds_.add_argument("--task-dir")
+    ds_.set_defaults(func=cmd_data_show)
 
     t = sub.add_parser("teacher", help="train / evaluate the SASRec teacher")
     tsub = t.add_subparsers(dest="teacher_command", required=True)

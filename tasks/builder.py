@@ -1,0 +1,469 @@
+"""Turn (users, teacher) into instruction rows for the tasks' specs (REFERENCE.md §1.1-1.2).
+
+Rows are conversational and TRL-ready (``prompt`` and ``completion`` message lists) and
+carry the fields rewards and metrics need (DESIGN.md "Dataset row"). Train rows are drawn
+anew per epoch from ``seed`` and the epoch; valid/test rows use the fixed leave-one-out
+windows: valid ``seq[-12:-2] -> seq[-2]``, test ``seq[-11:-1] -> seq[-1]``.
+
+>>> rows = build_rows(ds, teacher, resolve_tasks("I0", load_specs()), BuildConfig())  # doctest: +SKIP
+"""
+from __future__ import annotations
+
+import json
+import zlib
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from recalign.data import DataError, RecDataset
+from recalign.templates import Renderer
+
+from .spec import TaskSpec
+
+SPLITS = ("train", "valid", "test")
+
+
+@dataclass
+class BuildConfig:
+    epochs: int = 1
+    seed: int = 42
+    sharegpt: str | None = None
+    chat_ratio: float | None = None          # overrides the I4 spec's ratio
+    reference: str | None = None             # JSONL: {"user_id", "items": [titles or ids]}
+    max_users: int | None = None             # a subset of users (the first N by index)
+    templates: str | None = None             # a user template folder (sandboxed)
+    notes: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Context:
+    user: int                 # user_idx, -1 for rows without a user
+    history: np.ndarray       # item indices in the prompt window, oldest first
+    target: int | None
+
+
+class Builder:
+    def __init__(self, ds: RecDataset, teacher, cfg: BuildConfig):
+        self.ds, self.teacher, self.cfg = ds, teacher, cfg
+        self.cat = ds.catalog
+        self.render = Renderer(cfg.templates)
+        n_users = ds.n_users if cfg.max_users is None else min(cfg.max_users, ds.n_users)
+        self.users = np.arange(n_users)
+        self.user_ids = (list(ds.users["user_id"].astype(str)) if ds.users is not None
+                         else [str(u) for u in range(ds.n_users)])
+        train = ds.train_sequences()
+        pop = np.bincount(np.concatenate(train) if train else np.zeros(0, np.int64),
+                          minlength=ds.n_items + 1).astype(np.float64)
+        pop[0] = 0
+        self.popularity = pop
+        self.cat_sizes = self.cat.membership.sum(axis=1)
+        self.skipped: Counter = Counter()
+        self._reference: dict[str, dict[int, list[int]]] = {}
+        self._external_reference = self._load_reference(cfg.reference) if cfg.reference else None
+        self._chat = None
+        self._system: dict[str, str] = {}
+
+    # ----------------------------------------------------------------- sampling helpers
+
+    def rng(self, spec: TaskSpec, split: str, epoch: int) -> np.random.Generator:
+        return np.random.default_rng([self.cfg.seed, epoch, SPLITS.index(split), zlib.crc32(spec.task.encode())])
+
+    def contexts(self, spec: TaskSpec, split: str, rng: np.random.Generator) -> list[Context]:
+        w = spec.history_window
+        out = []
+        for u in self.users:
+            s = self.ds.sequences[u]
+            if split == "train":
+                tr = s[:-2]
+                if len(tr) < 2:
+                    self.skipped[f"{spec.task}/train: user with < 2 training items"] += 1
+                    continue
+                t = int(rng.integers(1, len(tr)))
+                h = int(rng.integers(1, min(w, t) + 1))
+                out.append(Context(int(u), tr[t - h:t], int(tr[t])))
+            elif split == "valid":
+                out.append(Context(int(u), s[:-2][-w:], int(s[-2])))
+            else:
+                out.append(Context(int(u), s[:-1][-w:], int(s[-1])))
+        return out
+
+    def eligible(self, spec: TaskSpec, min_outside: int = 0) -> np.ndarray:
+        n = self.cat.n_items
+        ok = (self.cat_sizes >= spec.min_category_size) & (n - self.cat_sizes >= min_outside)
+        return np.flatnonzero(ok)
+
+    def item_count(self, spec: TaskSpec, split: str, rng, cap: int | None = None) -> int:
+        if split != "train":
+            n = spec.item_count_eval
+        else:
+            lo, hi = spec.item_count_train
+            hi = min(hi, cap) if cap is not None else hi
+            if hi < lo:
+                return 0
+            n = int(rng.integers(lo, hi + 1))
+        return min(n, cap) if cap is not None else n
+
+    def titles(self, items) -> list[str]:
+        return [self.cat.titles[int(i)] for i in items]
+
+    def reference_lists(self, split: str) -> dict[int, list[int]]:
+        """The model's own I0 top-10 per user when given (--reference), else the teacher's."""
+        if self._external_reference is not None:
+            return self._external_reference
+        if split not in self._reference:
+            ctx = self.contexts(_I0_WINDOW, split, np.random.default_rng(0))
+            top = self.teacher.topk([c.history for c in ctx], k=10)
+            self._reference[split] = {c.user: list(map(int, t)) for c, t in zip(ctx, top)}
+        return self._reference[split]
+
+    def _load_reference(self, path: str) -> dict[int, list[int]]:
+        by_id = {u: i for i, u in enumerate(self.user_ids)}
+        out: dict[int, list[int]] = {}
+        with open(path, encoding="utf-8") as f:
+            for lineno, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                try:
+                    rec = json.loads(line)
+                    uid, items = str(rec["user_id"]), rec["items"]
+                except (json.JSONDecodeError, KeyError, TypeError):
+                    raise DataError(f"{path}:{lineno}: expected a JSON object with 'user_id' and 'items'") from None
+                if uid not in by_id:
+                    raise DataError(f"{path}:{lineno}: user_id {uid!r} is not in the dataset")
+                idx = [self.cat.match(str(x)) if isinstance(x, str) else int(x) for x in items]
+                out[by_id[uid]] = [i for i in idx if i is not None]
+        self.cfg.notes.append(f"test-time categories from the reference lists in {path}")
+        return out
+
+    def most_frequent_category(self, items: list[int], avoid: set[str], rng, weighted: bool) -> str | None:
+        counts = Counter(c for i in items for c in self.cat.item_categories[i] if c not in avoid)
+        counts = {c: k for c, k in counts.items() if self.cat_sizes[self.cat.category_index(c)] > 0}
+        if not counts:
+            return None
+        names = sorted(counts)
+        if weighted:
+            p = np.array([counts[c] for c in names], dtype=np.float64)
+            return names[int(rng.choice(len(names), p=p / p.sum()))]
+        best = max(counts.values())
+        return sorted(c for c in names if counts[c] == best)[0]
+
+    # ----------------------------------------------------------------- rows
+
+    def system_prompt(self, spec: TaskSpec) -> str:
+        if spec.system not in self._system:
+            self._system[spec.system] = self.render.render(spec.system, task=spec.task)
+        return self._system[spec.system]
+
+    def row(self, spec: TaskSpec, split: str, epoch: int, ctx: Context, rng, *, prompt_vars: dict | None = None,
+            label: list[int] | None = None, answer: str | None = None, item_count: int | None = None,
+            category: str | None = None, direction: str | None = None, n: int | None = None,
+            proportion: float | None = None, messages: list[dict] | None = None) -> dict[str, Any]:
+        paraphrase = int(rng.integers(0, spec.paraphrases))
+        if messages is None:
+            text = self.render.render(spec.template, task=spec.task, paraphrase=paraphrase, **(prompt_vars or {}))
+            prompt = ([{"role": "system", "content": self.system_prompt(spec)}]
+                      if spec.system else []) + [{"role": "user", "content": text}]
+            if answer is None:
+                answer = self.render.render(spec.answer_template, task=spec.task, titles=self.titles(label))
+            completion = [{"role": "assistant", "content": answer}]
+        else:
+            prompt, completion = messages[:-1], messages[-1:]
+        return {
+            "prompt": prompt,
+            "completion": completion,
+            "task": spec.task,
+            "task_version": spec.version,
+            "split": split,
+            "epoch": epoch,
+            "user_id": self.user_ids[ctx.user] if ctx.user >= 0 else None,
+            "history": [int(i) for i in ctx.history],
+            "target": ctx.target,
+            "item_count": item_count,
+            "category": category,
+            "direction": direction,
+            "n": n,
+            "proportion": proportion,
+            "label": [int(i) for i in (label or [])],
+            "paraphrase": paraphrase,
+        }
+
+    # ----------------------------------------------------------------- label rules
+
+    def sequential(self, spec, split, epoch, rng) -> list[dict]:
+        ctx = self.contexts(spec, split, rng)
+        counts = [self.item_count(spec, split, rng) for _ in ctx]
+        k = max(max(counts, default=1) - 1, 1)
+        top = self.teacher.topk([c.history for c in ctx], k=k, exclude=[[c.target] for c in ctx])
+        rows = []
+        for c, m, t in zip(ctx, counts, top):
+            label = [c.target] + list(t[:m - 1])
+            rows.append(self.row(spec, split, epoch, c, rng, label=label, item_count=m,
+                                 prompt_vars={"history": self.titles(c.history), "item_count": m}))
+        return rows
+
+    def _control_category(self, spec, split, c: Context, rng, eligible: np.ndarray) -> str | None:
+        rule = spec.train_category if split == "train" else spec.test_category
+        target_cats = set(self.cat.item_categories[c.target]) if c.target else set()
+        if rule == "uniform":
+            return self.cat.categories[int(rng.choice(eligible))] if len(eligible) else None
+        if rule == "target":
+            cats = self.cat.item_categories[c.target]
+            return cats[-1] if cats else None
+        if rule == "teacher_frequent":
+            top = self._teacher_top10.get(c.user, [])
+            return self.most_frequent_category(top, target_cats, rng, weighted=True)
+        ref = self.reference_lists(split).get(c.user, [])
+        return self.most_frequent_category(ref, target_cats, rng, weighted=False)
+
+    def _teacher_top10_for(self, ctx: list[Context]) -> None:
+        top = self.teacher.topk([c.history for c in ctx], k=10)
+        self._teacher_top10 = {c.user: list(map(int, t)) for c, t in zip(ctx, top)}
+
+    def category_control(self, spec, split, epoch, rng) -> list[dict]:
+        ctx = self.contexts(spec, split, rng)
+        if spec.train_category == "teacher_frequent" or spec.test_category == "teacher_frequent":
+            self._teacher_top10_for(ctx)
+        eligible = self.eligible(spec)
+        plan = []
+        for c in ctx:
+            cat = self._control_category(spec, split, c, rng, eligible)
+            if cat is None:
+                self.skipped[f"{spec.task}/{split}: no category for the rule"] += 1
+                continue
+            mask = self.cat.category_mask(cat)
+            in_hist = int(mask[c.history].sum())
+            avail = (int(mask.sum()) - in_hist) if spec.direction == "+" else \
+                (self.cat.n_items - int(mask.sum()) - (len(c.history) - in_hist))
+            m = self.item_count(spec, split, rng, cap=avail)
+            if m < 1:
+                self.skipped[f"{spec.task}/{split}: category has no items left"] += 1
+                continue
+            plan.append((c, cat, m))
+        if not plan:
+            return []
+        k = max(m for _, _, m in plan)
+        hist = [c.history for c, _, _ in plan]
+        cats = [cat for _, cat, _ in plan]
+        top = (self.teacher.topk(hist, k=k, include=cats) if spec.direction == "+"
+               else self.teacher.topk(hist, k=k, exclude_category=cats))
+        rows = []
+        for (c, cat, m), t in zip(plan, top):
+            label = list(map(int, t[:m]))
+            if c.target in label:          # the target goes first only when it is in the list
+                label.remove(c.target)
+                label.insert(0, c.target)
+            rows.append(self.row(spec, split, epoch, c, rng, label=label, item_count=m, category=cat,
+                                 direction=spec.direction,
+                                 prompt_vars={"history": self.titles(c.history), "item_count": m,
+                                              "category": cat, "direction": spec.direction}))
+        return rows
+
+    def proportion_control(self, spec, split, epoch, rng) -> list[dict]:
+        ctx = self.contexts(spec, split, rng)
+        m_max = spec.item_count_eval if split != "train" else spec.item_count_train[1]
+        eligible = self.eligible(spec, min_outside=m_max + spec.history_window)
+        eligible = eligible[self.cat_sizes[eligible] >= m_max + spec.history_window]
+        plan = []
+        for c in ctx:
+            cat = self._control_category(spec, split, c, rng, eligible)
+            if cat is None:
+                self.skipped[f"{spec.task}/{split}: no category for the rule"] += 1
+                continue
+            m = self.item_count(spec, split, rng)
+            p = float(rng.choice(spec.proportions)) if split == "train" else float(spec.test_proportion)
+            plan.append((c, cat, m, p, int(round(p * m))))
+        if not plan:
+            return []
+        hist = [c.history for c, *_ in plan]
+        cats = [cat for _, cat, *_ in plan]
+        k = max(m for _, _, m, _, _ in plan)
+        scores = self.teacher.scores(hist)
+        base = self.teacher.topk(hist, k=k, scores=scores)
+        inside = self.teacher.topk(hist, k=k, include=cats, scores=scores)
+        outside = self.teacher.topk(hist, k=k, exclude_category=cats, scores=scores)
+        rows = []
+        for (c, cat, m, p, n), b, ins, out in zip(plan, base, inside, outside):
+            natural = int(self.cat.in_category(b[:m], cat).sum())
+            k_in = {"<=": min(natural, n), ">=": max(natural, n), "~": n}[spec.direction]
+            if k_in > len(ins) or m - k_in > len(out):
+                self.skipped[f"{spec.task}/{split}: not enough items in/outside the category"] += 1
+                continue
+            label = list(map(int, ins[:k_in])) + list(map(int, out[:m - k_in]))
+            label = [label[i] for i in rng.permutation(len(label))]
+            rows.append(self.row(spec, split, epoch, c, rng, label=label, item_count=m, category=cat,
+                                 direction=spec.direction, n=n, proportion=p,
+                                 prompt_vars={"history": self.titles(c.history), "item_count": m,
+                                              "category": cat, "direction": spec.direction,
+                                              "proportion": p, "n": n}))
+        return rows
+
+    def item_search(self, spec, split, epoch, rng) -> list[dict]:
+        eligible = self.eligible(spec, min_outside=spec.min_category_size)
+        rows = []
+        for _ in self.users:
+            cat = self.cat.categories[int(rng.choice(eligible))]
+            direction = "+" if rng.random() < 0.5 else "-"
+            mask = self.cat.category_mask(cat).copy()
+            if direction == "-":
+                mask = ~mask
+                mask[0] = False
+            pool = np.flatnonzero(mask)
+            pool = pool[np.argsort(-self.popularity[pool], kind="stable")][:100]
+            m = self.item_count(spec, split, rng, cap=len(pool))
+            w = self.popularity[pool] + 1.0
+            pick = rng.choice(len(pool), size=m, replace=False, p=w / w.sum())
+            label = [int(pool[i]) for i in sorted(pick)]       # most popular first
+            rows.append(self.row(spec, split, epoch, Context(-1, np.zeros(0, np.int64), None), rng,
+                                 label=label, item_count=m, category=cat, direction=direction,
+                                 prompt_vars={"item_count": m, "category": cat, "direction": direction}))
+        return rows
+
+    def category_qa(self, spec, split, epoch, rng) -> list[dict]:
+        with_cat = [i for i in range(1, self.cat.n_items + 1) if self.cat.item_categories[i]]
+        rows = []
+        for _ in self.users:
+            item = int(with_cat[int(rng.integers(0, len(with_cat)))])
+            title, cat = self.cat.titles[item], self.cat.item_categories[item][-1]
+            answer = self.render.render(spec.answer_template, task=spec.task, title=title, category=cat)
+            rows.append(self.row(spec, split, epoch, Context(-1, np.zeros(0, np.int64), None), rng,
+                                 answer=answer, category=cat, label=[item], prompt_vars={"title": title}))
+        return rows
+
+    def chat(self, spec, split, epoch, rng, n_rec_rows: int) -> list[dict]:
+        if self.cfg.sharegpt is None:
+            note = "I4 skipped: no --sharegpt file given"
+            if note not in self.cfg.notes:
+                self.cfg.notes.append(note)
+                print(f"note: {note}")
+            return []
+        if self._chat is None:
+            self._chat = load_sharegpt(self.cfg.sharegpt)
+        ratio = spec.ratio if self.cfg.chat_ratio is None else self.cfg.chat_ratio
+        k = int(round(ratio * n_rec_rows))
+        pick = rng.choice(len(self._chat), size=k, replace=k > len(self._chat))
+        return [self.row(spec, split, epoch, Context(-1, np.zeros(0, np.int64), None), rng,
+                         messages=self._chat[int(i)]) for i in pick]
+
+
+_I0_WINDOW = TaskSpec(task="I0", version=1, template="", builder="sequential")
+
+
+def load_sharegpt(path: str | Path) -> list[list[dict]]:
+    """ShareGPT JSON (a list) or JSON lines: ``{"conversations": [{"from": "human"|"gpt"|"system",
+    "value": ...}, ...]}`` -> message lists ending with an assistant turn."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"--sharegpt {path}: file not found")
+    text = path.read_text(encoding="utf-8")
+    try:
+        records = json.loads(text)
+        if isinstance(records, dict):
+            records = [records]
+    except json.JSONDecodeError:
+        records = []
+        for lineno, line in enumerate(text.splitlines(), 1):
+            if line.strip():
+                try:
+                    records.append(json.loads(line))
+                except json.JSONDecodeError as e:
+                    raise DataError(f"{path}:{lineno}: not valid JSON ({e.msg}); expected a JSON list of "
+                                    "conversations or one conversation per line") from None
+    roles = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant",
+             "chatgpt": "assistant", "bard": "assistant", "system": "system"}
+    out = []
+    for i, rec in enumerate(records):
+        conv = rec.get("conversations") if isinstance(rec, dict) else None
+        if not isinstance(conv, list):
+            raise DataError(f"{path}: record {i}: expected an object with a 'conversations' list")
+        msgs = []
+        for j, turn in enumerate(conv):
+            if not isinstance(turn, dict) or "from" not in turn or "value" not in turn:
+                raise DataError(f"{path}: record {i}, turn {j}: expected {{'from': ..., 'value': ...}}")
+            role = roles.get(str(turn["from"]).lower())
+            if role is None:
+                raise DataError(f"{path}: record {i}, turn {j}: unknown speaker {turn['from']!r}; "
+                                f"expected one of {', '.join(roles)}")
+            msgs.append({"role": role, "content": str(turn["value"])})
+        while msgs and msgs[-1]["role"] != "assistant":
+            msgs.pop()
+        if len(msgs) >= 2 and any(m["role"] == "user" for m in msgs):
+            out.append(msgs)
+    if not out:
+        raise DataError(f"{path}: no usable conversation (each needs a user turn and an assistant reply)")
+    return out
+
+
+def build_rows(ds: RecDataset, teacher, specs: list[TaskSpec], cfg: BuildConfig,
+               progress: bool = True) -> tuple[dict[str, list[dict]], Builder]:
+    """All rows per split, in a fixed order: epoch, then task, then user."""
+    b = Builder(ds, teacher, cfg)
+    rules: dict[str, Callable] = {"sequential": b.sequential, "category_control": b.category_control,
+                                  "proportion_control": b.proportion_control,
+                                  "item_search": b.item_search, "category_qa": b.category_qa}
+    out: dict[str, list[dict]] = {s: [] for s in SPLITS}
+    jobs = [(split, epoch, spec) for split in SPLITS for epoch in (range(cfg.epochs) if split == "train" else [0])
+            for spec in sorted(specs, key=lambda s: s.builder == "chat")  # chat counts the others
+            if split in spec.splits]
+    bar = tqdm(jobs, desc="building", disable=not progress, mininterval=1.0)
+    for split, epoch, spec in bar:
+        bar.set_postfix_str(f"{split} {spec.task} epoch {epoch}")
+        rng = b.rng(spec, split, epoch)
+        if spec.builder == "chat":
+            n_rec = sum(1 for r in out[split] if r["epoch"] == epoch and r["task"] != spec.task)
+            out[split].extend(b.chat(spec, split, epoch, rng, n_rec))
+        else:
+            out[split].extend(rules[spec.builder](spec, split, epoch, rng))
+    return out, b
+
+
+def build_dataset(data: str | Path, teacher_dir: str | Path, tasks: str | list[str], out: str | Path,
+                  cfg: BuildConfig, task_dir: str | Path | None = None, overwrite: bool = False) -> Path:
+    """``recalign data build``: rows for every task and split, written atomically as a
+    Hugging Face ``DatasetDict`` (``out/dataset``), JSONL per split and ``card.json``."""
+    import time
+
+    import datasets
+
+    from recalign.data.util import atomic_dir, provenance, sha256_file, write_json
+    from recalign.teacher import Teacher
+
+    from .spec import load_specs, resolve_tasks
+
+    specs = resolve_tasks(tasks, load_specs(task_dir))
+    ds = RecDataset.load(data)
+    teacher = Teacher.load(teacher_dir, data=ds)
+    t0 = time.perf_counter()
+    rows, b = build_rows(ds, teacher, specs, cfg)
+    elapsed = time.perf_counter() - t0
+    with atomic_dir(out, overwrite=overwrite) as tmp:
+        for split, split_rows in rows.items():
+            with open(tmp / f"{split}.jsonl", "w", encoding="utf-8") as f:
+                for r in split_rows:
+                    f.write(json.dumps(r, ensure_ascii=False) + "\n")
+        dd = datasets.DatasetDict({s: datasets.Dataset.from_list(r) for s, r in rows.items() if r})
+        dd.save_to_disk(str(tmp / "dataset"))
+        counts = {s: dict(sorted(Counter(r["task"] for r in rs).items())) for s, rs in rows.items()}
+        inputs = {"sequences": ds.fingerprint(), "teacher": sha256_file(Path(teacher_dir) / "model.safetensors")}
+        if cfg.sharegpt:
+            inputs["sharegpt"] = sha256_file(cfg.sharegpt)
+        if cfg.reference:
+            inputs["reference"] = sha256_file(cfg.reference)
+        test_rules = sorted({f"{s.task}: {s.test_category}" for s in specs if "test" in s.splits
+                             and s.builder in ("category_control", "proportion_control")})
+        notes = list(cfg.notes)
+        if not cfg.reference and any("reference" in r for r in test_rules):
+            notes.append("reference_frequent categories come from the teacher's I0 top-10 "
+                         "(no --reference lists of the model's own I0 output were given)")
+        write_json(tmp / "card.json", provenance(
+            "data.build", {**cfg.__dict__, "tasks": [s.id for s in specs], "data": str(data),
+                           "teacher": str(teacher_dir)},
+            seed=cfg.seed, inputs=inputs, counts=counts,
+            rows_total=sum(len(r) for r in rows.values()),
+            rows_per_second=round(sum(len(r) for r in rows.values()) / max(elapsed, 1e-9), 1),
+            skipped=dict(b.skipped), test_category_rules=test_rules, notes=notes,
+            specs={s.task: {k: v for k, v in s.__dict__.items() if k != "path"} for s in specs}))
+    return Path(out)

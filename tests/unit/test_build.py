@@ -1,0 +1,311 @@
+"""Instruction datasets: every label obeys its own instruction; determinism; bad input."""
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from recalign.data import DataError, RecDataset
+from recalign.tasks.builder import BuildConfig, build_dataset, build_rows, load_sharegpt
+from recalign.tasks.spec import TaskSpec, load_specs, parse_spec, resolve_tasks
+from recalign.teacher import Teacher
+from recalign.teacher.sasrec import SASRec, SASRecConfig
+from recalign.templates import Renderer
+
+from ..conftest import FIXTURES
+
+USERS = 120
+
+
+@pytest.fixture(scope="module")
+def ds(ml100k_dir):
+    return RecDataset.load(ml100k_dir)
+
+
+@pytest.fixture(scope="module")
+def teacher(ds):
+    """An untrained SASRec: the label rules must hold whatever the teacher prefers."""
+    torch.manual_seed(0)
+    return Teacher(SASRec(SASRecConfig(ds.n_items, hidden=32, inner=64, max_len=10)), ds.catalog)
+
+
+@pytest.fixture(scope="module")
+def built(ds, teacher):
+    cfg = BuildConfig(epochs=2, max_users=USERS, sharegpt=str(FIXTURES / "sharegpt/chat.json"), chat_ratio=0.05)
+    rows, b = build_rows(ds, teacher, resolve_tasks("I0,I1,I2,I3,I4", load_specs()), cfg, progress=False)
+    return rows, b
+
+
+def _by_task(rows, task, split="train"):
+    return [r for r in rows[split] if r["task"] == task]
+
+
+def test_counts_per_task_and_split(built):
+    rows, b = built
+    for task in ("I0", "I1+", "I1-", "I2<=", "I2>=", "I2~"):
+        for split in ("valid", "test"):
+            assert len(_by_task(rows, task, split)) == USERS - b.skipped.get(f"{task}/{split}: no category for the rule", 0)
+        assert len(_by_task(rows, task)) >= 2 * USERS - 10      # two epochs
+    assert {r["task"] for r in rows["valid"]} == {"I0", "I1+", "I1-", "I2<=", "I2>=", "I2~"}
+    n_rec = sum(1 for r in rows["train"] if r["task"] != "I4" and r["epoch"] == 0)
+    assert len([r for r in _by_task(rows, "I4") if r["epoch"] == 0]) == round(0.05 * n_rec)
+
+
+def test_every_list_is_legal(built, ds):
+    rows, _ = built
+    n = ds.n_items
+    for split, split_rows in rows.items():
+        for r in split_rows:
+            if r["task"] in ("I4", "I3-QA"):
+                continue
+            label = r["label"]
+            assert len(label) == len(set(label)), r                     # no repeats
+            assert not set(label) & set(r["history"]), r                # no history items
+            assert all(1 <= i <= n for i in label)
+            assert len(label) == r["item_count"], r                     # item_count honoured
+            text = r["completion"][0]["content"].splitlines()
+            assert text == [f"{k}. {ds.catalog.titles[i]}" for k, i in enumerate(label, 1)]
+            assert str(r["item_count"]) in r["prompt"][-1]["content"]
+
+
+def test_i0_target_first(built):
+    rows, _ = built
+    for split in ("train", "valid", "test"):
+        for r in _by_task(rows, "I0", split):
+            assert r["label"][0] == r["target"]
+    counts = {r["item_count"] for r in _by_task(rows, "I0")}
+    assert min(counts) == 1 and max(counts) == 10 and len(counts) > 5     # n ~ U{1..10}
+    assert {r["item_count"] for r in _by_task(rows, "I0", "test")} == {10}
+
+
+def test_category_control_labels(built, ds):
+    rows, _ = built
+    cat = ds.catalog
+    for split in ("train", "valid", "test"):
+        for r in _by_task(rows, "I1+", split):
+            assert cat.in_category(r["label"], r["category"]).all()
+            assert f"'{r['category']}'" in r["prompt"][-1]["content"]
+            if r["target"] in r["label"]:
+                assert r["label"][0] == r["target"]
+        for r in _by_task(rows, "I1-", split):
+            assert not cat.in_category(r["label"], r["category"]).any()
+            assert r["category"] not in cat.item_categories[r["target"]]   # never the target's own
+    for r in _by_task(rows, "I1+", "test"):
+        assert r["category"] == cat.item_categories[r["target"]][-1]       # REFERENCE.md §1.5
+
+
+def test_proportion_control_labels(built, ds):
+    rows, _ = built
+    cat = ds.catalog
+    for split in ("train", "valid", "test"):
+        for task, ok in (("I2<=", lambda c, n: c <= n), ("I2>=", lambda c, n: c >= n), ("I2~", lambda c, n: c == n)):
+            for r in _by_task(rows, task, split):
+                cnt = int(cat.in_category(r["label"], r["category"]).sum())
+                assert r["item_count"] == 10 and r["n"] == round(r["proportion"] * 10)
+                assert ok(cnt, r["n"]), (task, cnt, r["n"])
+    assert {r["proportion"] for r in _by_task(rows, "I2<=", "test")} == {0.2}
+    for r in _by_task(rows, "I2>=", "test"):
+        assert r["category"] == cat.item_categories[r["target"]][-1]
+    props = {r["proportion"] for r in _by_task(rows, "I2~")}
+    assert len(props) > 4
+
+
+def test_item_search_and_category_qa(built, ds):
+    rows, _ = built
+    cat = ds.catalog
+    dirs = set()
+    for r in _by_task(rows, "I3"):
+        inside = cat.in_category(r["label"], r["category"])
+        assert inside.all() if r["direction"] == "+" else not inside.any()
+        assert r["history"] == [] and r["target"] is None
+        dirs.add(r["direction"])
+    assert dirs == {"+", "-"}
+    for r in _by_task(rows, "I3-QA"):
+        item = r["label"][0]
+        assert r["completion"][0]["content"] == f'The category of "{cat.titles[item]}" is "{r["category"]}".'
+        assert cat.titles[item] in r["prompt"][-1]["content"]
+
+
+def test_chat_rows_end_with_assistant(built):
+    rows, _ = built
+    chats = _by_task(rows, "I4")
+    assert chats and all(r["completion"][0]["role"] == "assistant" for r in chats)
+    assert all(r["prompt"][-1]["role"] == "user" for r in chats)
+
+
+def test_eval_windows(built, ds):
+    rows, _ = built
+    for r in _by_task(rows, "I0", "test"):
+        u = int(r["user_id"]) - 1                 # ml-100k user ids are 1..943 in index order
+        s = ds.sequences[u]
+        assert r["history"] == list(s[-11:-1]) and r["target"] == s[-1]
+    for r in _by_task(rows, "I0", "valid"):
+        s = ds.sequences[int(r["user_id"]) - 1]
+        assert r["history"] == list(s[-12:-2]) and r["target"] == s[-2]
+    for r in _by_task(rows, "I0"):
+        assert 1 <= len(r["history"]) <= 10
+
+
+def test_epochs_differ_and_seed_is_reproducible(ml100k_dir, tmp_path, ds):
+    from recalign.teacher.train import save_teacher
+    from recalign.teacher.config import TeacherTrainConfig
+
+    torch.manual_seed(1)
+    model = SASRec(SASRecConfig(ds.n_items, hidden=16, inner=32, max_len=10))
+    tdir = save_teacher(tmp_path / "t", model, {}, TeacherTrainConfig(), ds)
+    cfg = dict(epochs=2, max_users=40, seed=7)
+    a = build_dataset(ml100k_dir, tdir, "I0,I1,I2", tmp_path / "a", BuildConfig(**cfg))
+    b = build_dataset(ml100k_dir, tdir, "I0,I1,I2", tmp_path / "b", BuildConfig(**cfg))
+    c = build_dataset(ml100k_dir, tdir, "I0,I1,I2", tmp_path / "c", BuildConfig(**{**cfg, "seed": 8}))
+    for split in ("train", "valid", "test"):
+        assert (a / f"{split}.jsonl").read_bytes() == (b / f"{split}.jsonl").read_bytes()
+    assert (a / "train.jsonl").read_bytes() != (c / "train.jsonl").read_bytes()
+    rows = [json.loads(x) for x in (a / "train.jsonl").read_text().splitlines()]
+    e0 = [(r["task"], r["user_id"], r["target"]) for r in rows if r["epoch"] == 0]
+    e1 = [(r["task"], r["user_id"], r["target"]) for r in rows if r["epoch"] == 1]
+    assert len(e0) == len(e1) and sum(x != y for x, y in zip(e0, e1)) > len(e0) // 2
+    import datasets
+
+    dd = datasets.load_from_disk(str(a / "dataset"))
+    assert set(dd) == {"train", "valid", "test"} and dd["train"].num_rows == len(rows)
+    assert dd["train"][0]["prompt"][0]["role"] == "system"
+    card = json.loads((a / "card.json").read_text())
+    assert card["counts"]["test"]["I0"] == 40 and card["seed"] == 7 and len(card["inputs"]["teacher"]) == 64
+    assert any("teacher's I0 top-10" in n for n in card["notes"])
+
+
+# ----------------------------------------------------------------------------- specs and templates
+
+SAMPLE_VARS = dict(history=["Heat", "Se7en"], item_count=5, category="Drama", proportion=0.3, n=3,
+                   title="Heat", text="Hello!")
+
+
+@pytest.mark.parametrize("spec", list(load_specs().values()), ids=lambda s: s.task)
+def test_every_task_yaml_renders_every_paraphrase(spec):
+    r = Renderer()
+    texts = set()
+    for p in range(spec.paraphrases):
+        direction = spec.direction or "+"
+        text = r.render(spec.template, task=spec.task, paraphrase=p, **{**SAMPLE_VARS, "direction": direction})
+        assert text and "{{" not in text
+        texts.add(text)
+    assert len(texts) == spec.paraphrases                    # paraphrases really differ
+    if spec.builder in ("category_control", "proportion_control", "item_search"):
+        assert "'Drama'" in text
+    assert r.render(spec.system) == "You are an expert recommender engine."
+
+
+def test_paper_intention_phrasings_present():
+    r = Renderer()
+    plus = {r.render("i1_category.jinja", paraphrase=p, direction="+", **SAMPLE_VARS) for p in range(6)}
+    minus = {r.render("i1_category.jinja", paraphrase=p, direction="-", **SAMPLE_VARS) for p in range(6)}
+    assert any("I would like to buy some 'Drama' products." in t for t in plus)
+    assert any("Don't recommend me any 'Drama' products." in t for t in minus)
+    with pytest.raises(DataError, match="undefined variable"):
+        r.render("i1_category.jinja", paraphrase=6, direction="+", **SAMPLE_VARS)
+
+
+def test_unknown_task_lists_valid_names():
+    with pytest.raises(DataError) as e:
+        resolve_tasks("I0,I1x", load_specs())
+    assert "did you mean 'I1" in str(e.value) and "I2<=" in str(e.value)
+    assert [s.task for s in resolve_tasks("I2≤,I1−", load_specs())] == ["I2<=", "I1-"]
+
+
+def test_template_syntax_error_names_file_and_line(tmp_path):
+    (tmp_path / "i0_sequential.jinja").write_text("line one\n{% if x %}\nunclosed\n")
+    with pytest.raises(DataError, match=r"i0_sequential.jinja:\d+: template syntax error") as e:
+        Renderer(tmp_path).render("i0_sequential.jinja", task="I0", x=1)
+    assert "task I0" in str(e.value)
+
+
+def test_undefined_variable_names_variable_template_and_task():
+    with pytest.raises(DataError) as e:
+        Renderer().render("i0_sequential.jinja", task="I0", paraphrase=0, item_count=3)
+    msg = str(e.value)
+    assert "'history' is undefined" in msg and "i0_sequential.jinja" in msg and "task I0" in msg
+
+
+def test_user_templates_are_sandboxed(tmp_path):
+    payload = "{{ ''.__class__.__mro__[1].__subclasses__() }}"
+    (tmp_path / "evil.jinja").write_text(payload)
+    with pytest.raises(DataError, match="unsafe"):
+        Renderer(tmp_path).render("evil.jinja")
+    (tmp_path / "ok.jinja").write_text("Hi {{ name }}")
+    assert Renderer(tmp_path).render("ok.jinja", name="you") == "Hi you"
+
+
+def test_spec_validation_names_file_and_key(tmp_path):
+    bad = tmp_path / "t.yaml"
+    bad.write_text("task: X\nversion: 1\ntemplate: a.jinja\nbuilder: sequential\nparaphrase: 2\n")
+    with pytest.raises(DataError, match=r"t.yaml: unknown key 'paraphrase' \(did you mean 'paraphrases'\?\)"):
+        parse_spec(bad)
+    bad.write_text("task: X\nversion: one\ntemplate: a.jinja\nbuilder: sequential\n")
+    with pytest.raises(DataError, match="'version' must be an integer"):
+        parse_spec(bad)
+    bad.write_text("task: X\nversion: 1\ntemplate: a.jinja\n")
+    with pytest.raises(DataError, match="missing required key.*builder"):
+        parse_spec(bad)
+    (tmp_path / "a.yaml").write_text("include: b.yaml\n")
+    (tmp_path / "b.yaml").write_text("include: a.yaml\n")
+    with pytest.raises(DataError, match="include cycle"):
+        parse_spec(tmp_path / "a.yaml")
+
+
+def test_variant_includes_base():
+    spec = load_specs()["I1-"]
+    assert isinstance(spec, TaskSpec) and spec.paraphrases == 6 and spec.direction == "-"
+    assert spec.template == "i1_category.jinja" and spec.test_category == "reference_frequent"
+
+
+def test_malformed_sharegpt(tmp_path):
+    p = tmp_path / "s.json"
+    p.write_text(json.dumps([{"conversations": [{"from": "human", "value": "hi"}, {"from": "gpt", "value": "yo"}]},
+                             {"conversation": []}]))
+    with pytest.raises(DataError, match=r"s.json: record 1: expected an object with a 'conversations' list"):
+        load_sharegpt(p)
+    p.write_text(json.dumps([{"conversations": [{"from": "robot", "value": "x"}]}]))
+    with pytest.raises(DataError, match="record 0, turn 0: unknown speaker 'robot'"):
+        load_sharegpt(p)
+    p.write_text('{"conversations": []}\n{not json\n')
+    with pytest.raises(DataError, match=r"s.json:2: not valid JSON"):
+        load_sharegpt(p)
+    msgs = load_sharegpt(FIXTURES / "sharegpt/chat.json")
+    assert len(msgs) == 3 and msgs[2][-1] == {"role": "assistant", "content": "Red."}
+    assert msgs[1][0]["role"] == "system"
+
+
+def test_reference_lists_drive_test_categories(ds, teacher, tmp_path):
+    """I1- at test time: the most frequent non-target category of the model's own top-10."""
+    s = ds.sequences[0]
+    target_cats = set(ds.catalog.item_categories[int(s[-1])])
+    horror = [i for i in ds.catalog.items_in("Horror") if not target_cats & set(ds.catalog.item_categories[i])]
+    assert "Horror" not in target_cats
+    ref = tmp_path / "ref.jsonl"
+    ref.write_text(json.dumps({"user_id": "1", "items": [ds.catalog.titles[i] for i in horror[:10]]}) + "\n")
+    rows, _ = build_rows(ds, teacher, resolve_tasks("I1-", load_specs()),
+                         BuildConfig(max_users=1, reference=str(ref)), progress=False)
+    assert rows["test"][0]["category"] == "Horror"
+    ref.write_text('{"user": 1}\n')
+    with pytest.raises(DataError, match="ref.jsonl:1: expected a JSON object with 'user_id' and 'items'"):
+        build_rows(ds, teacher, resolve_tasks("I1-", load_specs()), BuildConfig(max_users=1, reference=str(ref)),
+                   progress=False)
+
+
+def test_show_cli(ml100k_dir, tmp_path, capsys, ds):
+    from recalign.cli import main
+    from recalign.teacher.config import TeacherTrainConfig
+    from recalign.teacher.train import save_teacher
+
+    tdir = save_teacher(tmp_path / "t", SASRec(SASRecConfig(ds.n_items, hidden=16, inner=32, max_len=10)), {},
+                        TeacherTrainConfig(), ds)
+    assert main(["data", "build", "--data", str(ml100k_dir), "--teacher", str(tdir), "--tasks", "I0,I1",
+                 "--out", str(tmp_path / "inst"), "--max-users", "5"]) == 0
+    out = capsys.readouterr().out
+    assert "I1+: 5" in out and "note: I4" not in out
+    assert main(["data", "show", "--data", str(tmp_path / "inst"), "--task", "I1", "-n", "2"]) == 0
+    out = capsys.readouterr().out
+    assert out.count("===== I1") == 2 and "[assistant]\n1. " in out
+    assert main(["data", "build", "--data", str(ml100k_dir), "--teacher", str(tdir), "--tasks", "I9",
+                 "--out", str(tmp_path / "x")]) == 2
+    assert "unknown task 'I9'" in capsys.readouterr().err and not (tmp_path / "x").exists()
