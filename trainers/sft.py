@@ -1,0 +1,159 @@
+"""LoRA SFT on recalign instruction data: TRL's SFTTrainer + PEFT, completion-only loss.
+
+Run it directly or under accelerate; every field of :class:`RecSFTConfig` (TRL's SFTConfig
+plus the fields below) is a flag, and ``--config recipe.yaml`` loads them from a file:
+
+    accelerate launch --config_file recipes/accelerate/cpu.yaml -m recalign.trainers.sft \\
+        --config recipes/sft-ml100k-smollm2.yaml
+    python -m recalign.trainers.sft --model tiny-random --data runs/inst --output_dir runs/sft --max_steps 5
+
+The adapter, the tokenizer and a ``card.json`` (config, versions, git commit, seed, data
+and base-model fingerprints) land in ``output_dir``.
+"""
+from __future__ import annotations
+
+import logging
+import sys
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+# bitsandbytes announces at import that an optional CPU kernel package is missing: noise.
+logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
+
+from trl import SFTConfig  # noqa: E402
+
+
+@dataclass
+class RecSFTConfig(SFTConfig):
+    model: str = field(default="smollm2-135m-instruct",
+                       metadata={"help": "preset, .gguf file, local HF directory or hub id"})
+    data: str | None = field(default=None, metadata={"help": "directory from `recalign data build`"})
+    tasks: str | None = field(default=None, metadata={"help": "comma-separated tasks to train on (default: all)"})
+    max_train_samples: int | None = field(default=None, metadata={"help": "subsample the training rows"})
+    eval_samples: int = field(default=0, metadata={"help": "validation rows for eval loss (0: none)"})
+    lora_r: int = field(default=16, metadata={"help": "LoRA rank (RecLM-gen SFT: 16)"})
+    lora_alpha: int = field(default=8, metadata={"help": "LoRA alpha (RecLM-gen SFT: 8)"})
+    lora_dropout: float = field(default=0.1, metadata={"help": "LoRA dropout"})
+    lora_target_modules: str = field(default="all-linear", metadata={"help": "'all-linear' or comma-separated names"})
+    lora_top_layers: int | None = field(default=None, metadata={
+        "help": "LoRA only on the last N decoder layers (backward then stops early: faster on CPU)"})
+    load_in_4bit: bool = field(default=False, metadata={"help": "QLoRA: load the base model in 4-bit (bitsandbytes)"})
+    resume: bool = field(default=False, metadata={"help": "resume from the last checkpoint in output_dir"})
+    # TRL defaults changed for LoRA on CPU: RecLM-gen's LoRA SFT uses 1e-4..1e-3, and
+    # checkpointing activations only slows a small model down.
+    learning_rate: float = field(default=1e-4, metadata={"help": "AdamW learning rate"})
+    gradient_checkpointing: bool = field(default=False, metadata={"help": "recompute activations (saves memory)"})
+
+    def __post_init__(self):
+        import torch
+
+        if self.data is None:
+            raise ValueError("--data is required: the directory written by `recalign data build`")
+        if not torch.cuda.is_available():
+            self.use_cpu = True
+            self.bf16 = False           # AMX bf16 autocast is opt-in via --bf16 on CPUs that have it
+        if self.lora_r < 1:
+            raise ValueError(f"lora_r must be >= 1, got {self.lora_r}")
+        super().__post_init__()
+
+
+def load_rows(cfg: RecSFTConfig):
+    import datasets
+
+    from recalign.data.util import DataError
+
+    path = Path(cfg.data) / "dataset"
+    if not path.is_dir():
+        raise DataError(f"{cfg.data}: no dataset/ folder; build one with `recalign data build --out {cfg.data}`")
+    dd = datasets.load_from_disk(str(path))
+    train = dd["train"]
+    if cfg.tasks:
+        wanted = {t.strip() for t in cfg.tasks.split(",")}
+        train = train.filter(lambda t: t in wanted, input_columns="task")
+        if len(train) == 0:
+            raise DataError(f"{cfg.data}: no training rows for tasks {sorted(wanted)}")
+    if cfg.max_train_samples:
+        train = train.shuffle(seed=cfg.seed).select(range(min(cfg.max_train_samples, len(train))))
+    keep = ["prompt", "completion"]
+    train = train.select_columns(keep)
+    valid = None
+    if cfg.eval_samples and "valid" in dd:
+        valid = dd["valid"].shuffle(seed=cfg.seed).select(range(min(cfg.eval_samples, len(dd["valid"]))))
+        valid = valid.select_columns(keep)
+    return train, valid
+
+
+def lora_config(cfg: RecSFTConfig, model):
+    from peft import LoraConfig
+
+    import torch
+
+    if cfg.lora_target_modules != "all-linear":
+        targets = [m.strip() for m in cfg.lora_target_modules.split(",")]
+    elif cfg.lora_top_layers:
+        # peft needs explicit names with layers_to_transform: every linear inside the blocks
+        targets = sorted({name.rsplit(".", 1)[-1] for name, mod in model.named_modules()
+                          if isinstance(mod, torch.nn.Linear) and ".layers." in name})
+    else:
+        targets = "all-linear"
+    layers = None
+    if cfg.lora_top_layers:
+        n = model.config.num_hidden_layers
+        layers = list(range(max(0, n - cfg.lora_top_layers), n))
+    return LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
+                      target_modules=targets, layers_to_transform=layers, task_type="CAUSAL_LM")
+
+
+def train(cfg: RecSFTConfig) -> Path:
+    import torch
+    from trl import SFTTrainer
+
+    from recalign.data.util import provenance, sha256_file, write_json
+    from recalign.models import load_model, resolve_model
+    from recalign.models.resolve import model_fingerprint
+
+    train_rows, valid_rows = load_rows(cfg)
+    kw = {}
+    if cfg.load_in_4bit:
+        from transformers import BitsAndBytesConfig
+
+        kw["quantization_config"] = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
+                                                       bnb_4bit_compute_dtype=torch.float32)
+    model, tok = load_model(cfg.model, **kw)
+    tok.padding_side = "right"          # training pads on the right; generation sets left again
+    if cfg.load_in_4bit:
+        from peft import prepare_model_for_kbit_training
+
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+    out = Path(cfg.output_dir)
+    last = None
+    if cfg.resume and out.is_dir():
+        from transformers.trainer_utils import get_last_checkpoint
+
+        last = get_last_checkpoint(str(out))
+    trainer = SFTTrainer(model=model, args=cfg, train_dataset=train_rows, eval_dataset=valid_rows,
+                         processing_class=tok, peft_config=lora_config(cfg, model))
+    trainer.train(resume_from_checkpoint=last)
+    trainer.save_model(str(out))
+    base = resolve_model(cfg.model)
+    inputs = {"train_jsonl": sha256_file(Path(cfg.data) / "train.jsonl")} \
+        if (Path(cfg.data) / "train.jsonl").is_file() else {}
+    write_json(out / "card.json", provenance(
+        "trainers.sft", {k: v for k, v in asdict(cfg).items() if not k.startswith("_")}, seed=cfg.seed,
+        inputs=inputs, base_model=str(base), base_fingerprint=model_fingerprint(base),
+        train_rows=len(train_rows), resumed_from=last, log_history=trainer.state.log_history))
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    from trl import TrlParser
+
+    parser = TrlParser((RecSFTConfig,))
+    (cfg,) = parser.parse_args_and_config(args=argv)
+    out = train(cfg)
+    print(f"wrote adapter to {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
