@@ -12,15 +12,11 @@ and base-model fingerprints) land in ``output_dir``.
 """
 from __future__ import annotations
 
-import logging
 import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-# bitsandbytes announces at import that an optional CPU kernel package is missing: noise.
-logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
-
-from trl import SFTConfig  # noqa: E402
+from trl import SFTConfig
 
 
 @dataclass

