@@ -161,6 +161,24 @@ def cmd_teacher_eval(args) -> int:
     return 0
 
 
+def cmd_eval(args) -> int:
+    from recalign.eval.run import EvalConfig, run_eval
+
+    cfg = EvalConfig(data=args.data, out=args.out, model=args.model, adapter=args.adapter, tasks=args.tasks,
+                     split=args.split, limit=args.limit, grounded=args.grounded, backend=args.backend,
+                     max_new_tokens=args.max_new_tokens, batch_size=args.batch_size, teacher=args.teacher,
+                     mmlu=args.mmlu, gsm8k=args.gsm8k, retention_limit=args.retention_limit, seed=args.seed,
+                     name=args.name)
+    out = run_eval(cfg, overwrite=args.overwrite)
+    m = json.loads((out / "metrics.json").read_text())
+    for task, v in m["exact"].items():
+        if task != "all":
+            print(f"{task:6s} n={v['n_samples']:5d} HR@10={v.get('HR', float('nan')):.4f} "
+                  f"NDCG@10={v.get('NDCG', float('nan')):.4f} NonExist={v.get('NonExist_rate', 0):.3f}")
+    print(f"wrote {out}/report.md")
+    return 0
+
+
 # ----------------------------------------------------------------------------- parser
 
 
@@ -236,6 +254,26 @@ def build_parser() -> argparse.ArgumentParser:
     te.add_argument("--data", required=True)
     te.add_argument("--split", default="test", choices=["valid", "test"])
     te.set_defaults(func=cmd_teacher_eval)
+    e = sub.add_parser("eval", help="generate, score and report on instruction test rows")
+    e.add_argument("--data", required=True, help="directory from `recalign data build`")
+    e.add_argument("--out", required=True)
+    e.add_argument("--model", default="smollm2-135m-instruct", help="preset, .gguf, local dir or hub id")
+    e.add_argument("--adapter", help="LoRA adapter directory (from a recalign trainer)")
+    e.add_argument("--tasks", default="I0,I1,I2")
+    e.add_argument("--split", default="test", choices=["valid", "test"])
+    e.add_argument("--limit", type=int, help="rows per task")
+    e.add_argument("--grounded", action="store_true", help="constrain list items to catalog titles")
+    e.add_argument("--backend", default="hf", choices=["hf", "vllm", "auto"])
+    e.add_argument("--max-new-tokens", type=int, default=256)
+    e.add_argument("--batch-size", type=int, default=16)
+    e.add_argument("--teacher", help="teacher directory for the reference row (default: from the data card)")
+    e.add_argument("--mmlu", help="MMLU folder for retention (5-shot)")
+    e.add_argument("--gsm8k", help="GSM8K test.jsonl for retention (8-shot CoT)")
+    e.add_argument("--retention-limit", type=int, default=100)
+    e.add_argument("--seed", type=int, default=0)
+    e.add_argument("--name", help="label of this run in reports")
+    e.add_argument("--overwrite", action="store_true")
+    e.set_defaults(func=cmd_eval)
     return p
 
 

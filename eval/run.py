@@ -1,0 +1,147 @@
+"""``recalign eval``: generate answers for instruction test rows, score them, write a report.
+
+Output directory: ``generations.jsonl`` (one line per row: task, user, target, prompt,
+answer, parsed items), ``metrics.json`` (exact and fuzzy per task, the teacher on the same
+rows, retention, provenance), ``report.md`` and ``plots/*.png``.
+"""
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from recalign.data import DataError, RecDataset
+from recalign.data.util import atomic_dir, provenance, sha256_file, write_json
+
+from .backends import Grounding, Sampling, make_backend
+from .metrics import evaluate
+
+
+@dataclass
+class EvalConfig:
+    data: str                                # directory from `recalign data build`
+    out: str
+    model: str = "smollm2-135m-instruct"
+    adapter: str | None = None
+    tasks: str = "I0,I1,I2"
+    split: str = "test"
+    limit: int | None = None                 # rows per task
+    grounded: bool = False
+    backend: str = "hf"
+    max_new_tokens: int = 256
+    batch_size: int = 16
+    teacher: str | None = None               # default: the teacher recorded in the data card
+    mmlu: str | None = None                  # MMLU folder (retention), off when None
+    gsm8k: str | None = None                 # GSM8K test.jsonl (retention), off when None
+    retention_limit: int | None = 100
+    seed: int = 0
+    name: str | None = None                  # label in reports (default: adapter dir or "base")
+
+
+def load_rows(data: str | Path, split: str, tasks: str, limit: int | None) -> list[dict]:
+    from recalign.tasks.spec import load_specs, resolve_tasks
+
+    wanted = [s.task for s in resolve_tasks(tasks, load_specs())]
+    path = Path(data) / f"{split}.jsonl"
+    if not path.is_file():
+        raise DataError(f"{path}: not found; build instruction data with `recalign data build --out {data}`")
+    per_task: dict[str, list[dict]] = {t: [] for t in wanted}
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            row = json.loads(line)
+            bucket = per_task.get(row["task"])
+            if bucket is not None and (limit is None or len(bucket) < limit):
+                bucket.append(row)
+    rows = [r for t in wanted for r in per_task[t]]
+    if not rows:
+        raise DataError(f"{path}: no {split} rows for tasks {', '.join(wanted)}")
+    return rows
+
+
+def teacher_on_rows(teacher_dir: str | Path, ds: RecDataset, rows: list[dict], k: int = 10) -> dict | None:
+    """The teacher's HR@10/NDCG@10 on the same I0 rows (same 10-item windows): the reference."""
+    from recalign.teacher import Teacher
+
+    i0 = [r for r in rows if r["task"] == "I0"]
+    if not i0:
+        return None
+    t = Teacher.load(teacher_dir, data=ds)
+    top = t.topk([r["history"] for r in i0], k=k)
+    pos = [list(tp).index(r["target"]) if r["target"] in tp else -1 for r, tp in zip(i0, top)]
+    hr = float(np.mean([p >= 0 for p in pos]))
+    ndcg = float(np.mean([1 / np.log2(p + 2) if p >= 0 else 0.0 for p in pos]))
+    return {"HR": hr, "NDCG": ndcg, "n_samples": len(i0), "teacher": str(teacher_dir)}
+
+
+def run_eval(cfg: EvalConfig, overwrite: bool = False) -> Path:
+    from .report import write_report
+
+    rows = load_rows(cfg.data, cfg.split, cfg.tasks, cfg.limit)
+    card = json.loads((Path(cfg.data) / "card.json").read_text()) if (Path(cfg.data) / "card.json").is_file() else {}
+    data_dir = card.get("config", {}).get("data")
+    if not data_dir or not Path(data_dir).is_dir():
+        raise DataError(f"{cfg.data}/card.json does not name an existing dataset directory; rebuild with "
+                        "`recalign data build`")
+    ds = RecDataset.load(data_dir)
+    backend = make_backend(cfg.backend, cfg.model, cfg.adapter, batch_size=cfg.batch_size)
+    grounding = None
+    if cfg.grounded:
+        grounding = Grounding(ds.catalog.titles[1:], [r["history"] for r in rows],
+                              max_items=[r["item_count"] or 10 for r in rows])
+    t0 = time.perf_counter()
+    answers = backend.generate([r["prompt"] for r in rows], Sampling(cfg.max_new_tokens, seed=cfg.seed), grounding)
+    gen_s = time.perf_counter() - t0
+    full = {}
+    if ds.users is not None:
+        by_id = dict(zip(ds.users["user_id"].astype(str), ds.users["user_idx"]))
+        cut = {"test": 1, "valid": 2}.get(cfg.split, 2)
+        full = {r["user_id"]: ds.sequences[by_id[r["user_id"]]][:-cut] for r in rows if r["user_id"] in by_id}
+    res = evaluate(rows, answers, ds.catalog, fuzzy=True, return_samples=True,
+                   full_histories=[full.get(r["user_id"]) for r in rows])
+    teacher_dir = cfg.teacher or card.get("config", {}).get("teacher")
+    teacher = teacher_on_rows(teacher_dir, ds, rows) if teacher_dir and Path(teacher_dir).is_dir() else None
+    retention = {}
+    if cfg.mmlu or cfg.gsm8k:
+        from .retention import run_retention
+
+        retention = run_retention(backend, mmlu=cfg.mmlu, gsm8k=cfg.gsm8k, limit=cfg.retention_limit)
+    name = cfg.name or backend.name
+    metrics = {
+        "name": name, "model": cfg.model, "adapter": cfg.adapter, "backend": cfg.backend,
+        "grounded": cfg.grounded, "split": cfg.split, "n_rows": len(rows),
+        "exact": res["exact"], "fuzzy": res["fuzzy"], "teacher": teacher, "retention": retention,
+        "generation_seconds": round(gen_s, 1),
+        "by_history_length": _hr_by_history(rows, res["samples_exact"]),
+    }
+    with atomic_dir(cfg.out, overwrite=overwrite) as tmp:
+        with open(tmp / "generations.jsonl", "w", encoding="utf-8") as f:
+            samples = iter(res["samples_exact"])
+            for r, a in zip(rows, answers):
+                scored = r["task"][:2] in ("I0", "I1", "I2")
+                s = next(samples) if scored else None
+                f.write(json.dumps({"task": r["task"], "user_id": r["user_id"], "target": r["target"],
+                                    "category": r["category"], "n": r["n"], "item_count": r["item_count"],
+                                    "prompt": r["prompt"][-1]["content"], "answer": a,
+                                    "metrics": s}, ensure_ascii=False) + "\n")
+        metrics["provenance"] = provenance(
+            "eval", asdict(cfg), seed=cfg.seed,
+            inputs={f"{cfg.split}.jsonl": sha256_file(Path(cfg.data) / f"{cfg.split}.jsonl")})
+        write_json(tmp / "metrics.json", metrics)
+        write_report(tmp, [metrics])
+    return Path(cfg.out)
+
+
+def _hr_by_history(rows: list[dict], samples: list[dict]) -> dict[str, dict]:
+    """HR@K of I0 rows grouped by prompt-history length (1-3, 4-6, 7-9, 10)."""
+    scored = [r for r in rows if r["task"][:2] in ("I0", "I1", "I2")]
+    bins: dict[str, list[int]] = {}
+    for r, s in zip(scored, samples):
+        if r["task"] != "I0" or s.get("HR") is None:
+            continue
+        n = len(r["history"])
+        key = "1-3" if n <= 3 else "4-6" if n <= 6 else "7-9" if n <= 9 else "10+"
+        bins.setdefault(key, []).append(s["HR"])
+    return {k: {"HR": float(np.mean(v)), "n": len(v)} for k, v in sorted(bins.items())}

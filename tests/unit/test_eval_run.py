@@ -1,0 +1,90 @@
+"""recalign eval: end to end on the tiny model, the report's sections, adapter checks."""
+import json
+
+import pytest
+import torch
+
+from recalign.data import DataError, RecDataset
+from recalign.eval.report import write_report
+from recalign.eval.run import EvalConfig, run_eval
+from recalign.models.resolve import build_tiny_random
+from recalign.tasks.builder import BuildConfig, build_dataset
+from recalign.teacher.config import TeacherTrainConfig
+from recalign.teacher.sasrec import SASRec, SASRecConfig
+from recalign.teacher.train import save_teacher
+
+
+def _run_metrics(name, hr, grounded=False):
+    task = {"n_samples": 10, "HR": hr, "NDCG": hr / 2, "TCP": 0.5, "CPA": None, "CorrectCount": 0.9,
+            "RepeatItem_rate": 0.1, "NonExist_rate": 0.2, "InHistory_rate": 0.0}
+    return {"name": name, "model": "m", "adapter": None, "backend": "hf", "grounded": grounded, "split": "test",
+            "n_rows": 20, "generation_seconds": 1.0,
+            "exact": {"I0": task, "I1+": task, "all": task}, "fuzzy": {"I0": task, "all": task},
+            "teacher": {"HR": 0.3, "NDCG": 0.15, "n_samples": 10},
+            "retention": {"mmlu": {"accuracy": 0.31, "n": 57}, "gsm8k": {"accuracy": 0.02, "n": 50}},
+            "by_history_length": {"1-3": {"HR": 0.1, "n": 3}, "10+": {"HR": 0.2, "n": 7}},
+            "provenance": {"git_commit": "abc", "seed": 0, "inputs": {"test.jsonl": "f" * 64}, "versions": {}}}
+
+
+def test_report_has_every_section(tmp_path):
+    path = write_report(tmp_path, [_run_metrics("base", 0.1), _run_metrics("sft", 0.2, grounded=True)])
+    text = path.read_text()
+    for heading in ("## Recommendation metrics (exact title matching)", "## Recommendation metrics (fuzzy",
+                    "## Retention", "## Plots", "## Provenance"):
+        assert heading in text
+    assert "| I0 | base | 10 | 0.1000 | 0.0500 |" in text
+    assert "| I0 | sft (grounded) | 10 | 0.2000 |" in text
+    assert "| I0 | SASRec teacher (reference) | 10 | 0.3000 | 0.1500 |" in text
+    assert "| base | 31.0% | 57 | 2.0% | 50 |" in text
+    for png in ("plots/metrics_by_task.png", "plots/hr_by_history.png"):
+        assert (tmp_path / png).read_bytes()[:4] == b"\x89PNG" and f"]({png})" in text
+
+
+@pytest.fixture(scope="module")
+def setup(ml100k_dir, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("eval")
+    ds = RecDataset.load(ml100k_dir)
+    torch.manual_seed(0)
+    tdir = save_teacher(tmp / "t", SASRec(SASRecConfig(ds.n_items, hidden=16, inner=32, max_len=10)), {},
+                        TeacherTrainConfig(), ds)
+    data = build_dataset(ml100k_dir, tdir, "I0,I1", tmp / "inst", BuildConfig(max_users=3))
+    return data, build_tiny_random(tmp / "tiny"), tmp, ds
+
+
+def test_eval_end_to_end_on_tiny_model(setup):
+    data, model, tmp, ds = setup
+    out = run_eval(EvalConfig(data=str(data), out=str(tmp / "ev"), model=str(model), tasks="I0,I1", limit=2,
+                              max_new_tokens=12, name="tiny"))
+    m = json.loads((out / "metrics.json").read_text())
+    assert set(m["exact"]) == {"I0", "I1+", "I1-", "all"} and m["exact"]["I0"]["n_samples"] == 2
+    assert set(m["fuzzy"]) == set(m["exact"])
+    assert m["teacher"]["n_samples"] == 2 and 0 <= m["teacher"]["HR"] <= 1
+    assert m["provenance"]["stage"] == "eval" and m["name"] == "tiny"
+    gens = [json.loads(x) for x in (out / "generations.jsonl").read_text().splitlines()]
+    assert len(gens) == 6 and all("answer" in g and g["metrics"]["K"] == 10 for g in gens)
+    report = (out / "report.md").read_text()
+    assert "| I1- | tiny | 2 |" in report
+
+
+def test_adapter_from_another_base_is_refused(setup, tmp_path):
+    from recalign.eval.backends import check_adapter
+    from recalign.models.resolve import model_fingerprint
+
+    data, model, _, _ = setup
+    (tmp_path / "adapter_config.json").write_text("{}")
+    (tmp_path / "card.json").write_text(json.dumps({"base_fingerprint": "llama/49152/576/30/9"}))
+    with pytest.raises(DataError, match="trained on a base model with shape llama/49152"):
+        check_adapter(tmp_path, model)
+    (tmp_path / "card.json").write_text(json.dumps({"base_fingerprint": model_fingerprint(model)}))
+    check_adapter(tmp_path, model)                       # the right base passes
+    with pytest.raises(DataError, match="no adapter_config.json"):
+        check_adapter(tmp_path / "nope", model)
+
+
+def test_unknown_backend_and_missing_split(setup, tmp_path):
+    from recalign.eval.backends import make_backend
+
+    with pytest.raises(DataError, match="choose one of hf, vllm, auto"):
+        make_backend("tgi", "tiny-random")
+    with pytest.raises(DataError, match="valid.jsonl: not found"):
+        run_eval(EvalConfig(data=str(tmp_path), out=str(tmp_path / "o"), split="valid"))
