@@ -179,6 +179,28 @@ def cmd_eval(args) -> int:
     return 0
 
 
+def cmd_pipeline(args) -> int:
+    from recalign.pipeline import main_pipeline
+
+    overrides = {}
+    for item in args.set or []:
+        import yaml
+
+        key, _, value = item.partition("=")
+        if not _:
+            from recalign.data.util import DataError
+
+            raise DataError(f"--set {item!r}: expected KEY=VALUE, e.g. --set model=tiny-random")
+        node = overrides
+        parts = key.split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+        node[parts[-1]] = yaml.safe_load(value)
+    report = main_pipeline(args.recipe, args.profile, overrides)
+    print(f"wrote {report / 'report.md'}")
+    return 0
+
+
 # ----------------------------------------------------------------------------- parser
 
 
@@ -274,6 +296,13 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--name", help="label of this run in reports")
     e.add_argument("--overwrite", action="store_true")
     e.set_defaults(func=cmd_eval)
+
+    pl = sub.add_parser("pipeline", help="prepare -> teacher -> build -> eval base -> SFT -> eval -> report")
+    pl.add_argument("--recipe", default="recipes/ml100k-smollm2.yaml")
+    pl.add_argument("--profile", help="a profile of the recipe, e.g. quick")
+    pl.add_argument("--set", action="append", metavar="KEY=VALUE",
+                    help="override a recipe value, e.g. --set model=tiny-random --set sft.max_steps=5")
+    pl.set_defaults(func=cmd_pipeline)
     return p
 
 

@@ -1,0 +1,173 @@
+"""``recalign pipeline --recipe R [--profile quick]``: every stage in order, resumable.
+
+prepare -> teacher -> build -> eval base -> sft -> eval sft -> report. Each stage writes
+its own directory under the recipe's ``out`` atomically, plus ``<dir>.stage.json`` with a
+hash of the settings that made it: a stage whose output exists with the same hash is
+skipped, so an interrupted run continues where it stopped (SFT also resumes from its last
+checkpoint) and a changed setting redoes that stage and everything after it.
+"""
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import yaml
+
+from recalign.data.util import DataError, atomic_write, suggest
+
+KEYS = {"out", "seed", "dataset", "prepare", "teacher", "build", "model", "sft", "eval", "profiles",
+        "input"}
+
+
+def _merge(base: dict, over: dict) -> dict:
+    out = copy.deepcopy(base)
+    for k, v in over.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def load_recipe(path: str | Path, profile: str | None = None, overrides: dict | None = None) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"--recipe {path}: file not found (recipes live in recipes/)")
+    try:
+        recipe = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise DataError(f"{path}: not valid YAML ({e})") from None
+    unknown = sorted(set(recipe) - KEYS)
+    if unknown:
+        raise DataError(f"{path}: unknown key {unknown[0]!r}{suggest(unknown[0], KEYS)}")
+    profiles = recipe.pop("profiles", {}) or {}
+    if profile:
+        if profile not in profiles:
+            raise DataError(f"{path}: no profile {profile!r}{suggest(profile, profiles)}; "
+                            f"profiles: {', '.join(profiles) or 'none'}")
+        recipe = _merge(recipe, profiles[profile])
+    recipe = _merge(recipe, overrides or {})
+    recipe.setdefault("seed", 42)
+    recipe.setdefault("out", f"runs/{path.stem}" + (f"-{profile}" if profile else ""))
+    return recipe
+
+
+def _hash(obj: Any) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+class Pipeline:
+    def __init__(self, recipe: dict, log: Callable[[str], None] = print):
+        self.r, self.log = recipe, log
+        self.out = Path(recipe["out"])
+        self.ran: list[str] = []
+        self.skipped: list[str] = []
+        self._upstream = ""
+
+    def stage(self, name: str, settings: dict, fn: Callable[[Path], Any]) -> Path:
+        """Run ``fn(out_dir)`` unless its output exists with the same settings (and upstream)."""
+        target = self.out / name
+        marker = self.out / f"{name}.stage.json"
+        key = _hash({"settings": settings, "upstream": self._upstream})
+        if target.is_dir() and marker.is_file() and json.loads(marker.read_text()).get("key") == key:
+            self.log(f"[{name}] up to date, skipped")
+            self.skipped.append(name)
+        else:
+            t0 = time.perf_counter()
+            self.log(f"[{name}] running")
+            fn(target)
+            atomic_write(marker, json.dumps({"key": key, "settings": settings,
+                                             "seconds": round(time.perf_counter() - t0, 1)}, default=str))
+            self.ran.append(name)
+            self.log(f"[{name}] done in {time.perf_counter() - t0:.0f} s")
+        self._upstream = key
+        return target
+
+    def run(self) -> Path:
+        from recalign.data import RecDataset
+        from recalign.data.prepare import PrepareOptions, prepare_dataset
+        from recalign.eval.report import write_report
+        from recalign.eval.run import EvalConfig, run_eval
+        from recalign.tasks.builder import BuildConfig, build_dataset
+        from recalign.teacher.config import TeacherTrainConfig
+        from recalign.teacher.train import save_teacher, train_teacher
+
+        r, seed = self.r, self.r["seed"]
+        prep = {"dataset": r.get("dataset", "ml-100k"), **(r.get("prepare") or {})}
+        data = self.stage("data", prep, lambda out: prepare_dataset(
+            out, PrepareOptions(**prep), input_dir=r.get("input"), overwrite=True))
+
+        tcfg = TeacherTrainConfig(**{"seed": seed, **(r.get("teacher") or {})})
+
+        def teacher_fn(out):
+            ds = RecDataset.load(data)
+            model, metrics = train_teacher(ds, tcfg, log=lambda s: None)
+            save_teacher(out, model, metrics, tcfg, ds, overwrite=True)
+        teacher = self.stage("teacher", tcfg.__dict__, teacher_fn)
+
+        b = {"tasks": "I0,I1,I2,I3", **(r.get("build") or {})}
+        tasks = b.pop("tasks")
+        inst = self.stage("inst", {"tasks": tasks, **b, "seed": seed}, lambda out: build_dataset(
+            data, teacher, tasks, out, BuildConfig(seed=seed, **b), overwrite=True))
+        inst_key = self._upstream
+
+        ev = {"tasks": "I0,I1,I2", "limit": 100, "max_new_tokens": 256, "batch_size": 16, "backend": "hf",
+              **(r.get("eval") or {})}
+        grounded = ev.pop("grounded", [False])
+        grounded = grounded if isinstance(grounded, list) else [grounded]
+        model = r.get("model", "smollm2-135m-instruct")
+        runs = []
+
+        def evaluate(name: str, adapter: str | None, g: bool):
+            label = name + ("-grounded" if g else "")
+            out = self.stage(f"eval-{label}", {**ev, "model": model, "adapter": adapter, "grounded": g},
+                             lambda out: run_eval(EvalConfig(data=str(inst), out=str(out), model=model,
+                                                             adapter=adapter, grounded=g, seed=seed, name=name,
+                                                             **ev), overwrite=True))
+            runs.append(json.loads((out / "metrics.json").read_text()))
+
+        for g in grounded:
+            self._upstream = inst_key
+            evaluate("base", None, g)
+
+        sft_cfg = {"model": model, "seed": seed, **(r.get("sft") or {})}
+        self._upstream = inst_key
+
+        def sft_fn(out):
+            import shutil
+
+            from recalign.trainers.sft import RecSFTConfig, train
+
+            # Checkpoints survive an interruption in <out>.work and are resumed, but only
+            # when they were made with the same settings.
+            work = out.with_name(out.name + ".work")
+            stamp = work / "recalign_settings.json"
+            want = json.dumps(sft_cfg, sort_keys=True, default=str)
+            if work.exists() and (not stamp.is_file() or stamp.read_text() != want):
+                shutil.rmtree(work)
+            work.mkdir(parents=True, exist_ok=True)
+            stamp.write_text(want)
+            train(RecSFTConfig(data=str(inst), output_dir=str(work), resume=True, **sft_cfg))
+            if out.exists():
+                shutil.rmtree(out)
+            work.rename(out)
+        sft = self.stage("sft", sft_cfg, sft_fn)
+        sft_key = self._upstream
+        for g in grounded:
+            self._upstream = sft_key
+            evaluate("sft", str(sft), g)
+
+        report_dir = self.out / "report"
+        report_dir.mkdir(parents=True, exist_ok=True)
+        write_report(report_dir, runs)
+        atomic_write(self.out / "pipeline.json", json.dumps(
+            {"recipe": r, "ran": self.ran, "skipped": self.skipped}, indent=2, default=str))
+        self.log(f"report: {report_dir / 'report.md'}")
+        return report_dir
+
+
+def main_pipeline(recipe: str, profile: str | None = None, overrides: dict | None = None) -> Path:
+    r = load_recipe(recipe, profile, overrides)
+    return Pipeline(r, log=lambda s: print(s, file=sys.stderr, flush=True)).run()

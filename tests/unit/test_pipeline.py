@@ -1,0 +1,76 @@
+"""The one-command pipeline on the tiny model: every stage runs, then resumes by skipping."""
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from recalign.data import DataError
+from recalign.pipeline import Pipeline, load_recipe
+
+ROOT = Path(__file__).resolve().parents[2]
+RECIPE = ROOT / "recipes" / "ml100k-smollm2.yaml"
+TINY = {"model": "tiny-random", "build": {"max_users": 12}, "sft": {"max_steps": 2, "save_steps": 2},
+        "eval": {"limit": 2, "max_new_tokens": 16}, "teacher": {"epochs": 1, "hidden": 16, "inner": 32}}
+
+
+def test_quick_profile_runs_then_skips_then_redoes_only_what_changed(tmp_path, monkeypatch):
+    monkeypatch.setenv("RECALIGN_CACHE", str(tmp_path / "cache"))
+    recipe = load_recipe(RECIPE, "quick", {**TINY, "out": str(tmp_path / "run")})
+    p = Pipeline(recipe, log=lambda s: None)
+    report = p.run()
+    assert p.ran == ["data", "teacher", "inst", "eval-base", "sft", "eval-sft"]
+    text = (report / "report.md").read_text()
+    assert "| I0 | base |" in text and "| I0 | sft |" in text and "SASRec teacher (reference)" in text
+    assert (tmp_path / "run" / "sft" / "adapter_model.safetensors").is_file()
+
+    again = Pipeline(recipe, log=lambda s: None)
+    again.run()
+    assert again.ran == [] and len(again.skipped) == 6
+
+    changed = load_recipe(RECIPE, "quick", {**TINY, "out": str(tmp_path / "run"),
+                                             "sft": {"max_steps": 3, "save_steps": 3}})
+    third = Pipeline(changed, log=lambda s: None)
+    third.run()
+    assert third.ran == ["sft", "eval-sft"]
+    card = json.loads((tmp_path / "run" / "sft" / "card.json").read_text())
+    assert card["config"]["max_steps"] == 3
+
+
+def test_recipe_errors(tmp_path):
+    with pytest.raises(DataError, match="no profile 'quik' \\(did you mean 'quick'\\?\\)"):
+        load_recipe(RECIPE, "quik")
+    bad = tmp_path / "r.yaml"
+    bad.write_text("modle: x\n")
+    with pytest.raises(DataError, match="unknown key 'modle' \\(did you mean 'model'\\?\\)"):
+        load_recipe(bad)
+    with pytest.raises(DataError, match="file not found"):
+        load_recipe(tmp_path / "none.yaml")
+
+
+def test_profile_merges_nested_sections():
+    r = load_recipe(RECIPE, "quick")
+    assert r["sft"]["max_steps"] == 20 and r["sft"]["lora_r"] == 16     # override + kept base key
+    assert r["eval"]["grounded"] == [False] and r["out"] == "runs/ml100k-smollm2"
+
+
+@pytest.mark.parametrize("name", ["cpu", "ddp", "zero2", "zero3", "fsdp"])
+def test_accelerate_configs_parse(name):
+    """GPU configs can only be checked for syntax on these CPU machines."""
+    from accelerate.commands.config.config_args import ClusterConfig
+
+    path = ROOT / "recipes" / "accelerate" / f"{name}.yaml"
+    cfg = ClusterConfig.from_yaml_file(str(path))
+    assert cfg.num_processes >= 1
+    assert yaml.safe_load(path.read_text())["distributed_type"] in ("NO", "MULTI_GPU", "DEEPSPEED", "FSDP")
+
+
+def test_sft_recipe_fields_exist():
+    import dataclasses
+
+    from recalign.trainers.sft import RecSFTConfig
+
+    names = {f.name for f in dataclasses.fields(RecSFTConfig)}
+    keys = set(yaml.safe_load((ROOT / "recipes" / "sft-ml100k-smollm2.yaml").read_text()))
+    assert keys <= names
+    assert set(load_recipe(RECIPE)["sft"]) <= names
