@@ -66,6 +66,7 @@ class Builder:
         self._external_reference = self._load_reference(cfg.reference) if cfg.reference else None
         self._chat = None
         self._system: dict[str, str] = {}
+        self._pools: dict[tuple[str, str], np.ndarray] = {}
 
     # ----------------------------------------------------------------- sampling helpers
 
@@ -225,7 +226,7 @@ class Builder:
 
     def category_control(self, spec, split, epoch, rng) -> list[dict]:
         ctx = self.contexts(spec, split, rng)
-        if spec.train_category == "teacher_frequent" or spec.test_category == "teacher_frequent":
+        if (spec.train_category if split == "train" else spec.test_category) == "teacher_frequent":
             self._teacher_top10_for(ctx)
         eligible = self.eligible(spec)
         plan = []
@@ -235,9 +236,10 @@ class Builder:
                 self.skipped[f"{spec.task}/{split}: no category for the rule"] += 1
                 continue
             mask = self.cat.category_mask(cat)
+            size = int(self.cat_sizes[self.cat.category_index(cat)])
             in_hist = int(mask[c.history].sum())
-            avail = (int(mask.sum()) - in_hist) if spec.direction == "+" else \
-                (self.cat.n_items - int(mask.sum()) - (len(c.history) - in_hist))
+            avail = (size - in_hist) if spec.direction == "+" else \
+                (self.cat.n_items - size - (len(c.history) - in_hist))
             m = self.item_count(spec, split, rng, cap=avail)
             if m < 1:
                 self.skipped[f"{spec.task}/{split}: category has no items left"] += 1
@@ -281,10 +283,8 @@ class Builder:
         hist = [c.history for c, *_ in plan]
         cats = [cat for _, cat, *_ in plan]
         k = max(m for _, _, m, _, _ in plan)
-        scores = self.teacher.scores(hist)
-        base = self.teacher.topk(hist, k=k, scores=scores)
-        inside = self.teacher.topk(hist, k=k, include=cats, scores=scores)
-        outside = self.teacher.topk(hist, k=k, exclude_category=cats, scores=scores)
+        base, inside, outside = self.teacher.topk_many(hist, k, [{}, {"include": cats},
+                                                                 {"exclude_category": cats}])
         rows = []
         for (c, cat, m, p, n), b, ins, out in zip(plan, base, inside, outside):
             natural = int(self.cat.in_category(b[:m], cat).sum())
@@ -307,12 +307,7 @@ class Builder:
         for _ in self.users:
             cat = self.cat.categories[int(rng.choice(eligible))]
             direction = "+" if rng.random() < 0.5 else "-"
-            mask = self.cat.category_mask(cat).copy()
-            if direction == "-":
-                mask = ~mask
-                mask[0] = False
-            pool = np.flatnonzero(mask)
-            pool = pool[np.argsort(-self.popularity[pool], kind="stable")][:100]
+            pool = self._search_pool(cat, direction)
             m = self.item_count(spec, split, rng, cap=len(pool))
             w = self.popularity[pool] + 1.0
             pick = rng.choice(len(pool), size=m, replace=False, p=w / w.sum())
@@ -321,6 +316,18 @@ class Builder:
                                  label=label, item_count=m, category=cat, direction=direction,
                                  prompt_vars={"item_count": m, "category": cat, "direction": direction}))
         return rows
+
+    def _search_pool(self, cat: str, direction: str) -> np.ndarray:
+        """The 100 most popular items of (or outside) a category, most popular first."""
+        key = (cat, direction)
+        if key not in self._pools:
+            mask = self.cat.category_mask(cat).copy()
+            if direction == "-":
+                mask = ~mask
+                mask[0] = False
+            pool = np.flatnonzero(mask)
+            self._pools[key] = pool[np.argsort(-self.popularity[pool], kind="stable")][:100]
+        return self._pools[key]
 
     def category_qa(self, spec, split, epoch, rng) -> list[dict]:
         with_cat = [i for i in range(1, self.cat.n_items + 1) if self.cat.item_categories[i]]

@@ -56,56 +56,68 @@ class Teacher:
         return self.model.cfg.n_items
 
     @torch.no_grad()
+    def item_scores(self, batch: Sequence[Sequence[int]]) -> torch.Tensor:
+        """[B, N+1] next-item scores for one batch of histories (padding = -inf)."""
+        return self.model.item_logits(self.model(left_pad(batch, self.model.cfg.max_len, trim=True))[:, -1])
+
     def scores(self, histories: Sequence[Sequence[int]]) -> torch.Tensor:
-        """[B, N+1] scores for the next item of each history (padding = -inf)."""
-        out = []
-        for i in range(0, len(histories), self.batch_size):
-            batch = histories[i:i + self.batch_size]
-            h = self.model(left_pad(batch, self.model.cfg.max_len, trim=True))[:, -1]
-            out.append(self.model.item_logits(h))
+        """[B, N+1] scores for all histories (memory grows with B x items: prefer topk/rank)."""
+        out = [self.item_scores(histories[i:i + self.batch_size]) for i in range(0, len(histories), self.batch_size)]
         return torch.cat(out) if out else torch.zeros(0, self.n_items + 1)
 
-    def _cat_masks(self, cats: CategoryArg, b: int) -> torch.Tensor | None:
-        if cats is None:
-            return None
+    def _cat_masks(self, cats: Sequence[str | None], none_means: bool = True) -> torch.Tensor:
+        """[B, N+1] membership masks; a None category is all-True (``none_means``) or all-False."""
         if self.catalog is None:
             raise DataError("category filters need the catalog: Teacher.load(path, data=DATASET_DIR)")
-        if isinstance(cats, str):
-            cats = [cats] * b
-        if len(cats) != b:
-            raise ValueError(f"got {len(cats)} categories for {b} histories")
-        full = np.ones(self.n_items + 1, dtype=bool)
-        return torch.from_numpy(np.stack([self.catalog.category_mask(c) if c is not None else full
+        fill = np.full(self.n_items + 1, none_means, dtype=bool)
+        return torch.from_numpy(np.stack([self.catalog.category_mask(c) if c is not None else fill
                                           for c in cats]))
 
     def topk(self, histories: Sequence[Sequence[int]], k: int, exclude_history: bool = True,
              exclude: Sequence[Sequence[int]] | None = None, include: CategoryArg = None,
-             exclude_category: CategoryArg = None, scores: torch.Tensor | None = None) -> list[np.ndarray]:
+             exclude_category: CategoryArg = None) -> list[np.ndarray]:
         """Top-``k`` items per history, best first.
 
         exclude_history: drop the history's own items; exclude: extra items per row;
         include: keep only items of category C (one name, or one per row, None = no filter);
-        exclude_category: drop items of category C; scores: reuse ``self.scores(histories)``
-        across several queries on the same histories. A row with fewer than ``k`` allowed
+        exclude_category: drop items of category C. A row with fewer than ``k`` allowed
         items returns fewer.
         """
-        s = self.scores(histories) if scores is None else scores.clone()
-        b = s.shape[0]
-        if exclude_history:
-            _mask_items(s, histories)
-        if exclude is not None:
-            _mask_items(s, exclude)
-        inc = self._cat_masks(include, b)
-        if inc is not None:
-            s[~inc] = float("-inf")
-        if exclude_category is not None:
-            per_row = [exclude_category] * b if isinstance(exclude_category, str) else list(exclude_category)
-            exc = self._cat_masks(per_row, b)
-            exc[[r for r, c in enumerate(per_row) if c is None]] = False
-            s[exc] = float("-inf")
-        vals, idx = s.topk(min(k, s.shape[1]), dim=1)
-        finite, idx = torch.isfinite(vals).numpy(), idx.numpy()
-        return [row[ok] for row, ok in zip(idx, finite)]
+        return self.topk_many(histories, k, [dict(exclude_history=exclude_history, exclude=exclude,
+                                                  include=include, exclude_category=exclude_category)])[0]
+
+    @torch.no_grad()
+    def topk_many(self, histories: Sequence[Sequence[int]], k: int, queries: Sequence[dict]) -> list[list[np.ndarray]]:
+        """Several :meth:`topk` queries (dicts of its keyword arguments) on the same histories
+        with one forward pass; work and memory stay per batch (``batch_size`` x items)."""
+        n = len(histories)
+        per_row = []
+        for q in queries:
+            q = {"exclude_history": True, "exclude": None, "include": None, "exclude_category": None, **q}
+            for key in ("include", "exclude_category"):
+                if isinstance(q[key], str):
+                    q[key] = [q[key]] * n
+                elif q[key] is not None and len(q[key]) != n:
+                    raise ValueError(f"got {len(q[key])} categories for {n} histories")
+            per_row.append(q)
+        out: list[list[np.ndarray]] = [[] for _ in queries]
+        for i in range(0, n, self.batch_size):
+            hb = histories[i:i + self.batch_size]
+            base = self.item_scores(hb)
+            for qi, q in enumerate(per_row):
+                s = base.clone()
+                if q["exclude_history"]:
+                    _mask_items(s, hb)
+                if q["exclude"] is not None:
+                    _mask_items(s, q["exclude"][i:i + self.batch_size])
+                if q["include"] is not None:
+                    s[~self._cat_masks(q["include"][i:i + self.batch_size])] = float("-inf")
+                if q["exclude_category"] is not None:
+                    s[self._cat_masks(q["exclude_category"][i:i + self.batch_size], none_means=False)] = float("-inf")
+                vals, idx = s.topk(min(k, s.shape[1]), dim=1)
+                finite, idx = torch.isfinite(vals).numpy(), idx.numpy()
+                out[qi].extend(row[ok] for row, ok in zip(idx, finite))
+        return out
 
     def rank(self, histories: Sequence[Sequence[int]], items: Sequence[Sequence[int]],
              mask_history: bool = True) -> list[np.ndarray]:
