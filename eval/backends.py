@@ -146,7 +146,7 @@ class HFBackend(Backend):
         for s in range(0, len(texts), self.batch_size):
             enc = self.tok(list(texts[s:s + self.batch_size]), return_tensors="pt", padding=True)
             with torch.no_grad():
-                logits = self.model_obj(**enc).logits[:, -1].float()
+                logits = self.model_obj(**enc, logits_to_keep=1).logits[:, -1].float()
             rows.append(torch.log_softmax(logits, -1)[:, cand].numpy())
         return np.concatenate(rows) if rows else np.zeros((0, len(candidates)))
 
