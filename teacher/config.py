@@ -15,7 +15,7 @@ class TeacherTrainConfig:
     loss: str = field(default="ce", metadata={"help": "'ce' (full softmax) or 'bce' (one sampled negative)"})
     lr: float = 1e-3
     weight_decay: float = 0.0
-    batch_size: int = 128
+    batch_size: int = field(default=32, metadata={"help": "windows per step (32 reached its best validation in ~0.12x RecBole's CPU time, bench/RESULTS.md)"})
     epochs: int = field(default=200, metadata={"help": "upper bound; early stopping ends sooner"})
     patience: int = field(default=10, metadata={"help": "epochs without validation NDCG@10 gain"})
     eval_every: int = 1

@@ -30,33 +30,37 @@ from .metrics import rank_metrics
 from .sasrec import SASRec, SASRecConfig, left_pad
 
 
-def _windows(seqs: list[np.ndarray], max_len: int, rng: np.random.Generator) -> list[np.ndarray]:
-    """Cut each sequence into overlapping-by-one windows of max_len+1 items, covering every
-    target once; interior boundaries shift randomly per epoch so contexts vary."""
+def _windows(seqs: list[np.ndarray], max_len: int, rng: np.random.Generator) -> list[tuple[np.ndarray, int]]:
+    """Cut each sequence into windows of up to max_len+1 items so that every target is
+    trained exactly once per epoch. For long sequences the first (most recent) window
+    keeps only its last ``max_len - shift`` targets, ``shift`` random per epoch, so the
+    boundaries and hence the contexts vary between epochs. Returns (window, skip): the
+    number of leading targets of the window that belong to another window."""
     out = []
     for s in seqs:
         n = len(s)
         if n < 2:
             continue
-        end = n
         shift = int(rng.integers(0, max_len)) if n > max_len + 1 else 0
-        first = True
+        end, first = n, True
         while end > 1:
             start = max(0, end - max_len - 1)
-            out.append(s[start:end])
-            step = max_len - (shift if first else 0)
+            targets = end - start - 1
+            skip = max(0, targets - (max_len - shift)) if first else 0
+            out.append((s[start:end], skip))
+            end -= targets - skip
             first = False
-            end -= max(step, 1)
     return out
 
 
-def _batch(windows: list[np.ndarray], max_len: int) -> tuple[torch.Tensor, torch.Tensor]:
+def _batch(windows: list[tuple[np.ndarray, int]], max_len: int) -> tuple[torch.Tensor, torch.Tensor]:
     x = torch.zeros(len(windows), max_len, dtype=torch.long)
     y = torch.zeros(len(windows), max_len, dtype=torch.long)
-    for i, w in enumerate(windows):
+    for i, (w, skip) in enumerate(windows):
         k = len(w) - 1
         x[i, max_len - k:] = torch.from_numpy(np.array(w[:-1], dtype=np.int64))
         y[i, max_len - k:] = torch.from_numpy(np.array(w[1:], dtype=np.int64))
+        y[i, max_len - k:max_len - k + skip] = 0       # targets another window covers
     return x, y
 
 

@@ -149,3 +149,16 @@ def test_teacher_beats_popularity_on_ml100k(ml100k_dir):
     _, metrics = train_teacher(ds, cfg, log=lambda s: None)
     ours, pop = metrics["test"]["masked"], metrics["popularity_test"]["masked"]
     assert ours["NDCG@10"] > pop["NDCG@10"] and ours["HR@10"] > pop["HR@10"]
+
+
+def test_every_target_trained_exactly_once_per_epoch():
+    from recalign.teacher.train import _batch, _windows
+
+    rng = np.random.default_rng(0)
+    seqs = [np.arange(1, n + 1) for n in (1, 2, 5, 11, 12, 40, 137)]
+    for _ in range(5):                                   # several epochs: random boundaries
+        wins = _windows(seqs, max_len=10, rng=rng)
+        _, y = _batch(wins, max_len=10)
+        got = sorted(int(t) for t in y[y > 0])
+        want = sorted(t for s in seqs for t in s[1:].tolist())
+        assert got == want
