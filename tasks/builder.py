@@ -224,17 +224,21 @@ class Builder:
         top = self.teacher.topk([c.history for c in ctx], k=10)
         self._teacher_top10 = {c.user: list(map(int, t)) for c, t in zip(ctx, top)}
 
-    def category_control(self, spec, split, epoch, rng) -> list[dict]:
+    def _with_categories(self, spec, split, rng, eligible: np.ndarray):
+        """(context, category) for each user whose split rule yields a category."""
         ctx = self.contexts(spec, split, rng)
         if (spec.train_category if split == "train" else spec.test_category) == "teacher_frequent":
             self._teacher_top10_for(ctx)
-        eligible = self.eligible(spec)
-        plan = []
         for c in ctx:
             cat = self._control_category(spec, split, c, rng, eligible)
             if cat is None:
                 self.skipped[f"{spec.task}/{split}: no category for the rule"] += 1
-                continue
+            else:
+                yield c, cat
+
+    def category_control(self, spec, split, epoch, rng) -> list[dict]:
+        plan = []
+        for c, cat in self._with_categories(spec, split, rng, self.eligible(spec)):
             mask = self.cat.category_mask(cat)
             size = int(self.cat_sizes[self.cat.category_index(cat)])
             in_hist = int(mask[c.history].sum())
@@ -265,16 +269,11 @@ class Builder:
         return rows
 
     def proportion_control(self, spec, split, epoch, rng) -> list[dict]:
-        ctx = self.contexts(spec, split, rng)
         m_max = spec.item_count_eval if split != "train" else spec.item_count_train[1]
         eligible = self.eligible(spec, min_outside=m_max + spec.history_window)
         eligible = eligible[self.cat_sizes[eligible] >= m_max + spec.history_window]
         plan = []
-        for c in ctx:
-            cat = self._control_category(spec, split, c, rng, eligible)
-            if cat is None:
-                self.skipped[f"{spec.task}/{split}: no category for the rule"] += 1
-                continue
+        for c, cat in self._with_categories(spec, split, rng, eligible):
             m = self.item_count(spec, split, rng)
             p = float(rng.choice(spec.proportions)) if split == "train" else float(spec.test_proportion)
             plan.append((c, cat, m, p, int(round(p * m))))
