@@ -14,7 +14,6 @@ PosixPath('/root/.cache/recalign/models/tiny-random-v1')
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 from recalign.data.assets import asset_path, cache_dir

@@ -12,7 +12,6 @@ teacher server); ``False`` is RecBole's (only padding removed). Both are reporte
 from __future__ import annotations
 
 import json
-import math
 import time
 from dataclasses import asdict
 from pathlib import Path

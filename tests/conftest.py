@@ -28,3 +28,17 @@ def shared_dir():
     if not SHARED.is_dir():
         pytest.skip("../shared is not beside this checkout")
     return SHARED
+
+
+def untrained_teacher_dir(ds, out, seed: int = 0, hidden: int = 16):
+    """A saved, untrained SASRec for ``ds``: label rules and plumbing must hold whatever the
+    teacher prefers, and training one would only slow the tests down."""
+    import torch
+
+    from recalign.teacher.config import TeacherTrainConfig
+    from recalign.teacher.sasrec import SASRec, SASRecConfig
+    from recalign.teacher.train import save_teacher
+
+    torch.manual_seed(seed)
+    model = SASRec(SASRecConfig(ds.n_items, hidden=hidden, inner=2 * hidden, max_len=10))
+    return save_teacher(out, model, {}, TeacherTrainConfig(), ds)

@@ -1,7 +1,6 @@
 """Instruction datasets: every label obeys its own instruction; determinism; bad input."""
 import json
 
-import numpy as np
 import pytest
 import torch
 
@@ -12,7 +11,7 @@ from recalign.teacher import Teacher
 from recalign.teacher.sasrec import SASRec, SASRecConfig
 from recalign.templates import Renderer
 
-from ..conftest import FIXTURES
+from ..conftest import FIXTURES, untrained_teacher_dir
 
 USERS = 120
 
@@ -147,12 +146,7 @@ def test_eval_windows(built, ds):
 
 
 def test_epochs_differ_and_seed_is_reproducible(ml100k_dir, tmp_path, ds):
-    from recalign.teacher.train import save_teacher
-    from recalign.teacher.config import TeacherTrainConfig
-
-    torch.manual_seed(1)
-    model = SASRec(SASRecConfig(ds.n_items, hidden=16, inner=32, max_len=10))
-    tdir = save_teacher(tmp_path / "t", model, {}, TeacherTrainConfig(), ds)
+    tdir = untrained_teacher_dir(ds, tmp_path / "t", seed=1)
     cfg = dict(epochs=2, max_users=40, seed=7)
     a = build_dataset(ml100k_dir, tdir, "I0,I1,I2", tmp_path / "a", BuildConfig(**cfg))
     b = build_dataset(ml100k_dir, tdir, "I0,I1,I2", tmp_path / "b", BuildConfig(**cfg))
@@ -294,11 +288,8 @@ def test_reference_lists_drive_test_categories(ds, teacher, tmp_path):
 
 def test_show_cli(ml100k_dir, tmp_path, capsys, ds):
     from recalign.cli import main
-    from recalign.teacher.config import TeacherTrainConfig
-    from recalign.teacher.train import save_teacher
 
-    tdir = save_teacher(tmp_path / "t", SASRec(SASRecConfig(ds.n_items, hidden=16, inner=32, max_len=10)), {},
-                        TeacherTrainConfig(), ds)
+    tdir = untrained_teacher_dir(ds, tmp_path / "t")
     assert main(["data", "build", "--data", str(ml100k_dir), "--teacher", str(tdir), "--tasks", "I0,I1",
                  "--out", str(tmp_path / "inst"), "--max-users", "5"]) == 0
     out = capsys.readouterr().out

@@ -2,16 +2,14 @@
 import json
 
 import pytest
-import torch
 
 from recalign.data import DataError, RecDataset
 from recalign.eval.report import write_report
 from recalign.eval.run import EvalConfig, run_eval
 from recalign.models.resolve import build_tiny_random
 from recalign.tasks.builder import BuildConfig, build_dataset
-from recalign.teacher.config import TeacherTrainConfig
-from recalign.teacher.sasrec import SASRec, SASRecConfig
-from recalign.teacher.train import save_teacher
+
+from ..conftest import untrained_teacher_dir
 
 
 def _run_metrics(name, hr, grounded=False):
@@ -44,9 +42,7 @@ def test_report_has_every_section(tmp_path):
 def setup(ml100k_dir, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("eval")
     ds = RecDataset.load(ml100k_dir)
-    torch.manual_seed(0)
-    tdir = save_teacher(tmp / "t", SASRec(SASRecConfig(ds.n_items, hidden=16, inner=32, max_len=10)), {},
-                        TeacherTrainConfig(), ds)
+    tdir = untrained_teacher_dir(ds, tmp / "t")
     data = build_dataset(ml100k_dir, tdir, "I0,I1", tmp / "inst", BuildConfig(max_users=3))
     return data, build_tiny_random(tmp / "tiny"), tmp, ds
 

@@ -2,25 +2,21 @@
 import json
 
 import pytest
-import torch
 from safetensors.torch import load_file
 
 from recalign.data import DataError, RecDataset
 from recalign.models.resolve import build_tiny_random
 from recalign.tasks.builder import BuildConfig, build_dataset
-from recalign.teacher.config import TeacherTrainConfig
-from recalign.teacher.sasrec import SASRec, SASRecConfig
-from recalign.teacher.train import save_teacher
 from recalign.trainers.sft import main
+
+from ..conftest import untrained_teacher_dir
 
 
 @pytest.fixture(scope="module")
 def inst(ml100k_dir, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("sft")
     ds = RecDataset.load(ml100k_dir)
-    torch.manual_seed(0)
-    tdir = save_teacher(tmp / "t", SASRec(SASRecConfig(ds.n_items, hidden=16, inner=32, max_len=10)), {},
-                        TeacherTrainConfig(), ds)
+    tdir = untrained_teacher_dir(ds, tmp / "t")
     data = build_dataset(ml100k_dir, tdir, "I0,I1", tmp / "inst", BuildConfig(max_users=12))
     model = build_tiny_random(tmp / "tiny")
     return data, model, tmp
