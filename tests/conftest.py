@@ -42,3 +42,17 @@ def untrained_teacher_dir(ds, out, seed: int = 0, hidden: int = 16):
     torch.manual_seed(seed)
     model = SASRec(SASRecConfig(ds.n_items, hidden=hidden, inner=2 * hidden, max_len=10))
     return save_teacher(out, model, {}, TeacherTrainConfig(), ds)
+
+
+@pytest.fixture(scope="session")
+def tiny_inst(ml100k_dir, tmp_path_factory):
+    """(instruction data dir for I0/I1 of 12 users, tiny-random model dir, dataset), built once."""
+    from recalign.data import RecDataset
+    from recalign.models.resolve import build_tiny_random
+    from recalign.tasks.builder import BuildConfig, build_dataset
+
+    tmp = tmp_path_factory.mktemp("tiny_inst")
+    ds = RecDataset.load(ml100k_dir)
+    data = build_dataset(ml100k_dir, untrained_teacher_dir(ds, tmp / "t"), "I0,I1", tmp / "inst",
+                         BuildConfig(max_users=12))
+    return data, build_tiny_random(tmp / "tiny"), ds

@@ -3,13 +3,9 @@ import json
 
 import pytest
 
-from recalign.data import DataError, RecDataset
+from recalign.data import DataError
 from recalign.eval.report import write_report
 from recalign.eval.run import EvalConfig, run_eval
-from recalign.models.resolve import build_tiny_random
-from recalign.tasks.builder import BuildConfig, build_dataset
-
-from ..conftest import untrained_teacher_dir
 
 
 def _run_metrics(name, hr, grounded=False):
@@ -39,12 +35,9 @@ def test_report_has_every_section(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def setup(ml100k_dir, tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("eval")
-    ds = RecDataset.load(ml100k_dir)
-    tdir = untrained_teacher_dir(ds, tmp / "t")
-    data = build_dataset(ml100k_dir, tdir, "I0,I1", tmp / "inst", BuildConfig(max_users=3))
-    return data, build_tiny_random(tmp / "tiny"), tmp, ds
+def setup(tiny_inst, tmp_path_factory):
+    data, model, ds = tiny_inst
+    return data, model, tmp_path_factory.mktemp("eval"), ds
 
 
 def test_eval_end_to_end_on_tiny_model(setup):

@@ -4,22 +4,14 @@ import json
 import pytest
 from safetensors.torch import load_file
 
-from recalign.data import DataError, RecDataset
-from recalign.models.resolve import build_tiny_random
-from recalign.tasks.builder import BuildConfig, build_dataset
+from recalign.data import DataError
 from recalign.trainers.sft import main
-
-from ..conftest import untrained_teacher_dir
 
 
 @pytest.fixture(scope="module")
-def inst(ml100k_dir, tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("sft")
-    ds = RecDataset.load(ml100k_dir)
-    tdir = untrained_teacher_dir(ds, tmp / "t")
-    data = build_dataset(ml100k_dir, tdir, "I0,I1", tmp / "inst", BuildConfig(max_users=12))
-    model = build_tiny_random(tmp / "tiny")
-    return data, model, tmp
+def inst(tiny_inst, tmp_path_factory):
+    data, model, _ = tiny_inst
+    return data, model, tmp_path_factory.mktemp("sft")
 
 
 def _run(inst, out, *extra):
