@@ -9,7 +9,6 @@ vLLM is imported only inside :class:`VLLMBackend` (see ``eval/vllm_backend.py``)
 """
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
@@ -17,6 +16,7 @@ from typing import Sequence
 import numpy as np
 
 from recalign.data.util import DataError
+from recalign.models.adapters import check_adapter
 
 Messages = list[dict]
 
@@ -58,23 +58,6 @@ class Backend:
     def logprobs(self, texts: Sequence[str], candidates: Sequence[str]) -> np.ndarray:
         """Next-token log-probabilities of each candidate's first token after each text."""
         raise NotImplementedError
-
-
-def check_adapter(adapter: str | Path, base_path) -> None:
-    """An adapter trained on another base model is an error, not a silent mismatch."""
-    from recalign.models.resolve import model_fingerprint
-
-    adapter = Path(adapter)
-    if not (adapter / "adapter_config.json").is_file():
-        raise DataError(f"--adapter {adapter}: no adapter_config.json; give a directory written by a "
-                        "recalign trainer (or any PEFT adapter)")
-    card = adapter / "card.json"
-    if card.is_file():
-        want = json.loads(card.read_text()).get("base_fingerprint")
-        have = model_fingerprint(base_path)
-        if want and want != have:
-            raise DataError(f"--adapter {adapter} was trained on a base model with shape {want}, but "
-                            f"--model resolves to {have}; pass the base model it was trained on")
 
 
 class HFBackend(Backend):

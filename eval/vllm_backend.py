@@ -28,8 +28,9 @@ from typing import Any, Sequence
 import numpy as np
 
 from recalign.data.util import DataError
+from recalign.models.adapters import check_adapter
 
-from .backends import Backend, Grounding, Sampling, check_adapter
+from .backends import Backend, Grounding, Sampling
 
 # Before vllm is imported: run the engine core in this process (no fork/spawn, no
 # __main__ guard needed; also what lets tests share it) and send no usage stats.

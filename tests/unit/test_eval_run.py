@@ -56,7 +56,7 @@ def test_eval_end_to_end_on_tiny_model(setup):
 
 
 def test_adapter_from_another_base_is_refused(setup, tmp_path):
-    from recalign.eval.backends import check_adapter
+    from recalign.models.adapters import check_adapter
     from recalign.models.resolve import model_fingerprint
 
     data, model, _, _ = setup

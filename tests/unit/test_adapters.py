@@ -1,0 +1,54 @@
+"""Stacked LoRA adapters: one adapter on the base equals SFT-merged base + RL adapter."""
+import json
+
+import pytest
+import torch
+
+from recalign.data import DataError
+from recalign.models import load_model, load_policy, stack_adapters
+
+
+def _random_lora(model, out, seed, **cfg):
+    from peft import LoraConfig, get_peft_model
+
+    torch.manual_seed(seed)
+    peft_model = get_peft_model(model, LoraConfig(**cfg))
+    for name, p in peft_model.named_parameters():
+        if "lora_B" in name:                       # B starts at zero: make the adapter do something
+            p.data.normal_(std=0.5)
+    peft_model.save_pretrained(out)
+    return peft_model
+
+
+def test_stacked_adapter_equals_merged_chain(tiny_inst, tmp_path):
+    from peft import PeftModel
+
+    model = str(tiny_inst[1])
+    base, _ = load_model(model)
+    # different targets, layers, ranks and scalings, so zero blocks and scaling both matter
+    _random_lora(base, tmp_path / "sft", 0, r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"],
+                 layers_to_transform=[1])
+    policy, _ = load_policy(model, tmp_path / "sft")
+    rl = _random_lora(policy, tmp_path / "rl", 1, r=2, lora_alpha=2, target_modules="all-linear")
+    x = torch.randint(0, 200, (2, 9))
+    with torch.no_grad():
+        want = rl(x).logits
+        sft_only = PeftModel.from_pretrained(load_model(model)[0], str(tmp_path / "sft"))(x).logits
+    stack_adapters(tmp_path / "sft", tmp_path / "rl", tmp_path / "both")
+    cfg = json.loads((tmp_path / "both" / "adapter_config.json").read_text())
+    assert cfg["r"] == 6 and cfg["lora_alpha"] == 6
+    with torch.no_grad():
+        got = PeftModel.from_pretrained(load_model(model)[0], str(tmp_path / "both"))(x).logits
+    assert torch.allclose(got, want, atol=1e-5)
+    assert not torch.allclose(got, sft_only, atol=1e-3)          # the RL part is in there
+
+
+def test_stack_refuses_non_lora_and_foreign_adapters(tiny_inst, tmp_path):
+    (tmp_path / "x").mkdir()
+    with pytest.raises(DataError, match="not a PEFT adapter directory"):
+        stack_adapters(tmp_path / "x", tmp_path / "x", tmp_path / "o")
+    base, _ = load_model(str(tiny_inst[1]))
+    _random_lora(base, tmp_path / "a", 0, r=2, lora_alpha=2, target_modules=["q_proj"])
+    (tmp_path / "a" / "card.json").write_text(json.dumps({"base_fingerprint": "llama/1/2/3/4"}))
+    with pytest.raises(DataError, match="trained on a base model with shape llama/1/2/3/4"):
+        load_policy(str(tiny_inst[1]), tmp_path / "a")
