@@ -119,6 +119,28 @@ class Teacher:
                 out[qi].extend(row[ok] for row, ok in zip(idx, finite))
         return out
 
+    def rank_all(self, histories: Sequence[Sequence[int]], mask_history: bool = True) -> np.ndarray:
+        """[B, N+1] int32: every item's 0-based full-catalog rank for each history (column 0,
+        the padding index, and history items when masked get rank N). One call per reward
+        batch turns into O(1) lookups per generated item.
+
+        >>> t.rank_all([[1, 2]])[0, 1]                       # doctest: +SKIP
+        1682
+        """
+        s = self.scores(histories)
+        n = s.shape[1] - 1
+        s[:, 0] = float("-inf")
+        if mask_history:
+            for r, h in enumerate(histories):
+                if len(h):
+                    s[r, torch.as_tensor(np.asarray(h, dtype=np.int64))] = float("-inf")
+        order = torch.argsort(s, dim=1, descending=True, stable=True)
+        ranks = torch.empty_like(order)
+        ranks.scatter_(1, order, torch.arange(s.shape[1]).expand_as(order))
+        out = ranks.numpy().astype(np.int32)
+        out[~torch.isfinite(s).numpy()] = n
+        return out
+
     def rank(self, histories: Sequence[Sequence[int]], items: Sequence[Sequence[int]],
              mask_history: bool = True) -> list[np.ndarray]:
         """0-based full-catalog rank of each given item for its history.

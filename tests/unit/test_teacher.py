@@ -85,6 +85,19 @@ def test_rank_agrees_with_topk(trained):
         t.rank(hist, [[0], [1]])
 
 
+def test_rank_all_is_rank_for_every_item(trained):
+    ds, _, model, _ = trained
+    t = Teacher(model, ds.catalog)
+    hist = [[3, 4, 5, 6], [20, 21, 22], []]
+    table = t.rank_all(hist)
+    everything = np.arange(1, N + 1)
+    for h, row, ranks in zip(hist, table, t.rank(hist, [everything] * 3)):
+        assert row[1:].tolist() == ranks.tolist() and row[0] == N
+        legal = [i for i in everything if i not in h]
+        assert sorted(row[legal].tolist()) == list(range(len(legal)))   # a permutation of 0..
+    assert (t.rank_all(hist, mask_history=False)[0][[3, 4, 5, 6]] < N).all()
+
+
 def test_full_ranks_matches_teacher_rank(trained):
     ds, _, model, _ = trained
     hist, tgt = ds.split_examples("test")

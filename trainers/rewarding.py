@@ -1,0 +1,95 @@
+"""What every RL trainer needs to judge a completion: the catalog, the teacher's ranks and
+an up-front check of the rows' reward fields. Shared by ppo, grpo/rloo and asft so that
+all of them (and ``recalign eval``) judge with the same parser and the same teacher.
+
+>>> ctx = load_reward_context("runs/inst")                       # doctest: +SKIP
+>>> check_reward_rows(rows, ctx.catalog, "runs/inst/train.jsonl")  # doctest: +SKIP
+>>> reward_funcs = [ctx.list_reward(), ctx.format_reward()]       # TRL GRPO/RLOO
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Mapping
+
+import numpy as np
+
+from recalign.data import Catalog, RecDataset
+from recalign.data.util import DataError
+from recalign.rewards import item_and_list_rewards
+from recalign.rewards.adapters import make_format_reward, make_list_reward
+from recalign.rewards.reclm import RewardResult, row_spec
+
+
+@dataclass
+class RewardContext:
+    dataset: RecDataset
+    teacher: object | None            # recalign.teacher.Teacher, or None: target-only rank score
+    fuzzy: bool = False
+
+    @property
+    def catalog(self) -> Catalog:
+        return self.dataset.catalog
+
+    def ranks(self, rows: list[Mapping]) -> list:
+        """Per row: an array of every item's teacher rank for the row's history (or None)."""
+        if self.teacher is None or not rows:
+            return [None] * len(rows)
+        return list(self.teacher.rank_all([list(r["history"] or []) for r in rows]))
+
+    def score(self, rows: list[Mapping], texts: list[str]) -> list[RewardResult]:
+        """RecLM-gen item and list rewards for each (row, completion text)."""
+        ranks = self.ranks(rows)
+        return [item_and_list_rewards(r, t, tr, self.catalog, fuzzy=self.fuzzy)
+                for r, t, tr in zip(rows, texts, ranks)]
+
+    def list_reward(self):
+        return make_list_reward(self.catalog, self.ranks if self.teacher is not None else None, fuzzy=self.fuzzy)
+
+    def format_reward(self):
+        return make_format_reward(self.catalog, fuzzy=self.fuzzy)
+
+
+def load_reward_context(inst_dir: str | Path, teacher: str | Path | None = None,
+                        fuzzy: bool = False) -> RewardContext:
+    """The dataset and teacher that built ``inst_dir`` (from its card.json)."""
+    card_path = Path(inst_dir) / "card.json"
+    if not card_path.is_file():
+        raise DataError(f"{inst_dir}: no card.json; build instruction data with `recalign data build --out {inst_dir}`")
+    cfg = json.loads(card_path.read_text()).get("config", {})
+    data_dir = cfg.get("data")
+    if not data_dir or not Path(data_dir).is_dir():
+        raise DataError(f"{card_path}: field config.data ({data_dir!r}) is not an existing dataset directory; "
+                        "rebuild with `recalign data build`")
+    ds = RecDataset.load(data_dir)
+    teacher_dir = teacher or cfg.get("teacher")
+    t = None
+    if teacher_dir:
+        if not Path(teacher_dir).is_dir():
+            raise DataError(f"teacher {teacher_dir} (from {card_path if not teacher else '--teacher'}) does not "
+                            "exist; pass --teacher DIR")
+        from recalign.teacher import Teacher
+
+        t = Teacher.load(teacher_dir, data=ds)
+    return RewardContext(ds, t, fuzzy)
+
+
+def check_reward_rows(rows: Iterable[Mapping], catalog: Catalog, where: str) -> None:
+    """Raise DataError at the first row whose reward fields are missing or malformed, before
+    any rollout is spent on it."""
+    for i, row in enumerate(rows):
+        try:
+            row_spec(dict(row), catalog)
+        except ValueError as e:
+            raise DataError(f"{where}: row {i} (task {row.get('task')!r}): {e}; rebuild the data with "
+                            "`recalign data build` or drop the task with --tasks") from None
+
+
+def finite_or_none(x) -> float | None:
+    """A reward value, or None when it is NaN/inf or not a number (the sample is skipped)."""
+    try:
+        v = float(x)
+    except (TypeError, ValueError):
+        return None
+    return v if np.isfinite(v) else None
