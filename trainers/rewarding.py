@@ -75,6 +75,43 @@ def load_reward_context(inst_dir: str | Path, teacher: str | Path | None = None,
     return RewardContext(ds, t, fuzzy)
 
 
+# what the rewards read (rewards/reclm.py row_spec); ``teacher_ranks`` when the data has it
+REWARD_COLUMNS = ("task", "history", "target", "item_count", "category", "direction", "n", "teacher_ranks")
+
+
+def train_reward_rows(data: str | Path, tasks: str | None = None, max_samples: int | None = None, seed: int = 0):
+    """The ``train`` split of ``data/dataset`` as RL prompts: ``prompt`` (conversational) plus
+    the reward columns, no ``completion``. Without ``tasks``: every task the rewards judge
+    (I0, I1*, I2*; I3 and I4 rows have no item list to reward)."""
+    import datasets
+
+    from recalign.rewards.reclm import canonical_task
+
+    path = Path(data) / "dataset"
+    if not path.is_dir():
+        raise DataError(f"{data}: no dataset/ folder; build one with `recalign data build --out {data}`")
+    train = datasets.load_from_disk(str(path))["train"]
+    if tasks:
+        wanted = {t.strip() for t in tasks.split(",")}
+        train = train.filter(lambda t: t in wanted, input_columns="task")
+        what = f"tasks {sorted(wanted)}"
+    else:
+        def judged(task, direction=None):
+            try:
+                canonical_task(task, direction)
+                return True
+            except ValueError:
+                return False
+        cols = ["task", "direction"] if "direction" in train.column_names else ["task"]
+        train = train.filter(judged, input_columns=cols)
+        what = "the rewarded tasks (I0, I1*, I2*)"
+    if len(train) == 0:
+        raise DataError(f"{data}: no training rows for {what}")
+    if max_samples:
+        train = train.shuffle(seed=seed).select(range(min(max_samples, len(train))))
+    return train.select_columns(["prompt"] + [c for c in REWARD_COLUMNS if c in train.column_names])
+
+
 def check_reward_rows(rows: Iterable[Mapping], catalog: Catalog, where: str) -> None:
     """Raise DataError at the first row whose reward fields are missing or malformed, before
     any rollout is spent on it."""

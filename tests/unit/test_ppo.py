@@ -1,0 +1,185 @@
+"""RecLM-gen PPO on the tiny model: reward placement, learning, KL stop, skips, resume."""
+import json
+import math
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from recalign.data import Catalog, DataError
+from recalign.models import load_model
+from recalign.rewards import item_and_list_rewards, parse_items
+from recalign.trainers.ppo import RecPPOConfig, RecPPOTrainer, char_ends, gae, main, place_rewards
+
+
+def _metaspace_tokenizer():
+    """A second, unlike tokenizer: sentencepiece-style spaces, tiny character-level vocab."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tk = Tokenizer(models.BPE(unk_token="<unk>"))
+    tk.pre_tokenizer = pre_tokenizers.Metaspace()
+    tk.decoder = decoders.Metaspace()
+    corpus = ["1. Toy Story\n2. Heat\n3. Alien", "Toy Heat Alien Fargo Story 1 2 3 . \n"] * 5
+    tk.train_from_iterator(corpus, trainers.BpeTrainer(vocab_size=40, special_tokens=["<unk>", "<eos>"],
+                                                       show_progress=False))
+    return PreTrainedTokenizerFast(tokenizer_object=tk, eos_token="<eos>", unk_token="<unk>")
+
+
+@pytest.fixture(scope="module")
+def tiny(tiny_inst):
+    return str(tiny_inst[1])
+
+
+@pytest.mark.parametrize("which", ["bytelevel-bpe", "metaspace-chars"])
+def test_item_rewards_land_on_the_last_token_of_their_line(which, tiny):
+    tok = load_model(tiny)[1] if which == "bytelevel-bpe" else _metaspace_tokenizer()
+    cat = Catalog(["Toy Story", "Heat", "Alien", "Fargo"], [["x"], ["x"], ["y"], ["y"]])
+    ids = tok("1. Toy Story\n2. Heat\n3. Alien", add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+    text = tok.decode(ids, skip_special_tokens=True)
+    res = item_and_list_rewards({"task": "I0", "history": [4], "target": 2, "item_count": 2}, text,
+                                {1: 0, 2: 5, 3: 1}, cat)
+    assert res.item_rewards == pytest.approx([1 / math.log2(3), 1.0, -1.0])   # distinct: traceable
+    ends = char_ends(tok, ids)
+    r = place_rewards(ends, res.line_ends, res.item_rewards, res.list_reward)
+    assert r[-1] == pytest.approx(res.list_reward)                 # list reward on the final (EOS) token
+    placed = [k for k in range(len(ids) - 1) if r[k] != 0]
+    assert [r[k] for k in placed] == res.item_rewards
+    for k, line_end in zip(placed, res.line_ends):                 # the token holding text[line_end - 1]
+        assert len(tok.decode(ids[:k + 1], skip_special_tokens=True)) >= line_end
+        assert len(tok.decode(ids[:k], skip_special_tokens=True)) < line_end
+    if which == "metaspace-chars":                                 # really a different segmentation
+        assert len(ids) != len(load_model(tiny)[1]("1. Toy Story\n2. Heat\n3. Alien")["input_ids"]) + 1
+
+
+def test_gae_matches_hand_computation():
+    r = torch.tensor([[0.0, 1.0, 2.0, 0.0]])
+    v = torch.tensor([[0.5, 0.25, 1.0, 9.0]])
+    m = torch.tensor([[1.0, 1.0, 1.0, 0.0]])                       # last position is padding
+    adv, ret = gae(r, v, m, gamma=0.5, lam=0.5)
+    d2 = 2.0 - 1.0
+    d1 = 1.0 + 0.5 * 1.0 - 0.25
+    d0 = 0.0 + 0.5 * 0.25 - 0.5
+    a2, a1 = d2, d1 + 0.25 * d2
+    a0 = d0 + 0.25 * a1
+    assert adv[0].tolist() == pytest.approx([a0, a1, a2, 0.0])
+    assert ret[0, :3].tolist() == pytest.approx([a0 + 0.5, a1 + 0.25, a2 + 1.0])
+
+
+class _Toy:
+    """Reward 1 when the (single) recommended title is "Alien"."""
+    def __init__(self, text):
+        items = parse_items(text)
+        self.item_rewards = [1.0 if it.title == "Alien" else 0.0 for it in items]
+        self.line_ends = [it.line_end for it in items]
+        self.list_reward = float(bool(items) and items[0].title == "Alien")
+        self.status = ["ok"] * len(items)
+
+
+TOY_ROWS = [{"prompt": [{"role": "user", "content": "Recommend one movie."}], "history": [], "item_count": 1,
+             "task": "toy"}]
+TITLES = ["Heat", "Alien", "Fargo", "Babe"]
+
+
+def _toy_trainer(tiny, tmp_path, reward_fn=None, **kw):
+    model, tok = load_model(tiny)
+    args = dict(model=tiny, data="unused", output_dir=str(tmp_path), steps=6, prompts_per_step=8,
+                max_new_tokens=8, grounded=True, grounded_strict=True, learning_rate=1e-2, kl_coef=0.0,
+                target_kl=None, save_steps=0, lora_alpha=8, seed=0, temperature=1.0)
+    args.update(kw)
+    fn = reward_fn or (lambda rows, texts: [_Toy(t) for t in texts])
+    return RecPPOTrainer(RecPPOConfig(**args), model, tok, TOY_ROWS, fn, titles=TITLES, log=lambda s: None)
+
+
+def test_ppo_raises_reward_on_a_toy_task(tiny, tmp_path):
+    tr = _toy_trainer(tiny, tmp_path)
+    hist = tr.train()
+    rewards = [h["reward/list"] for h in hist]
+    # one title in four earns reward: about 0.25 at first, most of the batch once learned
+    assert rewards[0] < 0.5 and min(rewards[-3:]) > 0.7
+    assert all(h["updates"] == 8 for h in hist)                       # 16 answers / 8 x 4 epochs
+    assert all(h["illegal/nonexist"] == 0 for h in hist)               # grounded rollouts
+    greedy = tr._generate(TOY_ROWS, greedy=True)[2]
+    assert tr.tok.decode(tr._trim(greedy)[0], skip_special_tokens=True).strip() == "1. Alien"
+    lines = (tmp_path / "log.jsonl").read_text().splitlines()
+    assert [json.loads(x)["step"] for x in lines] == [1, 2, 3, 4, 5, 6]
+
+
+def test_kl_penalty_and_forced_kl_early_stop(tiny, tmp_path):
+    hist = _toy_trainer(tiny, tmp_path / "a", steps=3, kl_coef=0.3).train()
+    assert hist[0]["kl"] == pytest.approx(0.0, abs=1e-6)                # actor == reference at step 1
+    assert hist[-1]["kl"] > 0                                          # then the policy moved away
+    stop = _toy_trainer(tiny, tmp_path / "b", steps=2, target_kl=1e-9).train()
+    # the first minibatch is on-policy (KL 0) and updates; the next one sees KL > target: stop
+    assert all(h["kl_early_stop"] and h["updates"] == 1 for h in stop)
+
+
+def test_failing_or_nan_rewards_skip_the_sample(tiny, tmp_path):
+    calls = {"n": 0}
+
+    def flaky(rows, texts):
+        out = []
+        for t in texts:
+            calls["n"] += 1
+            if calls["n"] % 4 == 1:
+                raise RuntimeError("judge crashed")
+            r = _Toy(t)
+            if calls["n"] % 4 == 2:
+                r.list_reward = math.nan
+            out.append(r)
+        return out
+
+    hist = _toy_trainer(tiny, tmp_path, reward_fn=flaky, steps=2).train()
+    for h in hist:
+        assert h["skipped"] > 0 and h["samples"] == 16 - h["skipped"]
+        assert math.isfinite(h["pg_loss"]) and math.isfinite(h["vf_loss"])
+
+
+@pytest.fixture(scope="module")
+def sft_adapter(tiny_inst, tmp_path_factory):
+    from recalign.trainers.sft import main as sft_main
+
+    data, model, _ = tiny_inst
+    out = tmp_path_factory.mktemp("ppo_sft") / "sft"
+    sft_main(["--model", str(model), "--data", str(data), "--output_dir", str(out), "--max_steps", "1",
+              "--per_device_train_batch_size", "2", "--learning_rate", "1e-2", "--save_strategy", "no",
+              "--report_to", "none", "--lora_top_layers", "1"])
+    return out
+
+
+def test_main_resumes_and_writes_a_loadable_adapter(tiny_inst, sft_adapter, tmp_path):
+    from peft import PeftModel
+
+    data, model, _ = tiny_inst
+    out = tmp_path / "ppo"
+    args = ["--model", str(model), "--adapter", str(sft_adapter), "--data", str(data), "--output_dir", str(out),
+            "--prompts_per_step", "2", "--max_new_tokens", "12", "--learning_rate", "1e-3", "--save_steps", "2",
+            "--lora_top_layers", "1"]
+    assert main([*args, "--steps", "2"]) == 0
+    assert (out / "checkpoint-2" / "actor.safetensors").is_file()
+    assert main([*args, "--steps", "3", "--resume", "true"]) == 0
+    card = json.loads((out / "card.json").read_text())
+    assert card["resumed_from"].endswith("checkpoint-2")
+    assert [h["step"] for h in card["log_history"]] == [1, 2, 3]
+    assert [json.loads(x)["step"] for x in (out / "log.jsonl").read_text().splitlines()] == [1, 2, 3]
+    assert card["base_fingerprint"].startswith("llama/") and card["sft_adapter"] == str(sft_adapter)
+    # one adapter on the original base: SFT (r 16) and PPO (r 4) stacked
+    cfg = json.loads((out / "adapter_config.json").read_text())
+    assert cfg["r"] == 20
+    PeftModel.from_pretrained(load_model(str(model))[0], str(out))
+    ppo_only = [k for k in load_file(str(out / "adapter_model.safetensors")) if ".layers.0." in k]
+    assert ppo_only == []                   # --lora_top_layers 1 for both: only layer 1 is adapted
+
+
+def test_rows_missing_reward_fields_fail_before_any_rollout(tiny_inst, tmp_path):
+    import datasets
+
+    data, model, _ = tiny_inst
+    dd = datasets.load_from_disk(str(data / "dataset"))
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "card.json").write_text((data / "card.json").read_text())
+    datasets.DatasetDict({"train": dd["train"].remove_columns(["item_count"])}).save_to_disk(str(bad / "dataset"))
+    with pytest.raises(DataError, match=r"row 0 \(task 'I0'\).*'item_count'"):
+        main(["--model", str(model), "--data", str(bad), "--output_dir", str(tmp_path / "o"), "--steps", "1"])
+    assert not (tmp_path / "o").exists()

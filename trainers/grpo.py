@@ -1,0 +1,200 @@
+"""GRPO and RLOO on recalign instruction data: TRL's GRPOTrainer / RLOOTrainer + PEFT, with
+the RecLM-gen list reward (and a format reward) as TRL ``reward_funcs``.
+
+The policy is the SFT model: ``--adapter`` (the SFT output) is merged into the base weights
+in memory and a fresh LoRA is trained on top, so "adapters disabled" is the SFT model and
+TRL's KL term is measured against it. The stage output in ``output_dir`` is one adapter on
+the original base (SFT then RL, see :func:`recalign.models.stack_adapters`) that
+``recalign eval`` loads; the RL part alone stays in ``output_dir/rl_adapter``. Every field
+of :class:`RecGRPOConfig` / :class:`RecRLOOConfig` (TRL's config plus the fields below) is
+a flag, and ``--config recipe.yaml`` loads them from a file:
+
+    accelerate launch --config_file recipes/accelerate/cpu.yaml -m recalign.trainers.grpo \\
+        --method grpo --config recipes/grpo-ml100k-smollm2.yaml
+    python -m recalign.trainers.grpo --method rloo --model tiny-random --data runs/inst \\
+        --adapter runs/sft --output_dir runs/rloo --max_steps 5
+
+Rewards: ``recalign_list_reward`` (RecLM-gen list-level reward, ×10 scale, REFERENCE.md
+§1.3) weighted 1 and ``recalign_format_reward`` (legal items / max(m, written), in [0, 1])
+weighted ``format_reward_weight``. A reward of None (a row that cannot be judged) becomes
+NaN in TRL and is left out of the sums and baselines; a completion no reward can judge gets
+advantage 0.
+"""
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from trl import GRPOConfig, RLOOConfig
+
+METHODS = ("grpo", "rloo")
+
+
+@dataclass
+class _RecRLFields:
+    """The fields GRPO and RLOO share on top of TRL's config, and CPU-sized defaults."""
+    model: str = field(default="smollm2-135m-instruct",
+                       metadata={"help": "base model: preset, .gguf file, local HF directory or hub id"})
+    adapter: str | None = field(default=None, metadata={
+        "help": "SFT adapter directory (from recalign.trainers.sft): merged into the policy and the KL reference; "
+                "without it RL starts from the base model"})
+    data: str | None = field(default=None, metadata={"help": "directory from `recalign data build`"})
+    tasks: str | None = field(default=None, metadata={
+        "help": "comma-separated tasks to train on (default: every task the rewards judge: I0, I1*, I2*)"})
+    max_train_samples: int | None = field(default=None, metadata={"help": "subsample the training rows"})
+    lora_r: int = field(default=4, metadata={"help": "LoRA rank (RecLM-gen RL: 4)"})
+    lora_alpha: int = field(default=2, metadata={"help": "LoRA alpha (RecLM-gen RL: 2)"})
+    lora_dropout: float = field(default=0.05, metadata={"help": "LoRA dropout"})
+    lora_target_modules: str = field(default="all-linear", metadata={"help": "'all-linear' or comma-separated names"})
+    lora_top_layers: int | None = field(default=None, metadata={
+        "help": "LoRA only on the last N decoder layers (backward then stops early: faster on CPU)"})
+    format_reward_weight: float = field(default=1.0, metadata={
+        "help": "weight of the format reward (in [0, 1]) next to the list reward (weight 1, ×10 scale); sets "
+                "TRL's reward_weights unless those are given"})
+    fuzzy: bool = field(default=False, metadata={
+        "help": "rewards match titles fuzzily (Levenshtein <= 3) as well as exactly"})
+    resume: bool = field(default=False, metadata={"help": "resume from the last checkpoint in output_dir"})
+    # TRL defaults changed for LoRA RL on a CPU: few, short samples; LoRA needs a larger
+    # learning rate than TRL's full-model 1e-6; checkpointing only slows a small model down.
+    num_generations: int | None = field(default=4, metadata={
+        "help": "completions sampled per prompt; per_device_train_batch_size × processes × steps_per_generation "
+                "must be a multiple of it"})
+    max_completion_length: int | None = field(default=160, metadata={
+        "help": "maximum completion tokens (10 titles of SmolLM2 ≈ 100)"})
+    learning_rate: float = field(default=1e-5, metadata={"help": "AdamW learning rate"})
+    logging_steps: float = field(default=1, metadata={"help": "log every N optimizer steps"})
+    gradient_checkpointing: bool = field(default=False, metadata={"help": "recompute activations (saves memory)"})
+
+    _METHOD = ""                        # class attribute, not a field: "grpo" or "rloo"
+
+    def __post_init__(self):
+        import torch
+
+        if self.data is None:
+            raise ValueError("--data is required: the directory written by `recalign data build`")
+        if not torch.cuda.is_available():
+            self.use_cpu = True
+            self.bf16 = False           # AMX bf16 autocast is opt-in via --bf16 on CPUs that have it
+        if self.lora_r < 1:
+            raise ValueError(f"lora_r must be >= 1, got {self.lora_r}")
+        if self.reward_weights is None:
+            self.reward_weights = [1.0, float(self.format_reward_weight)]
+        elif len(self.reward_weights) != 2:
+            raise ValueError(f"reward_weights needs 2 values (list reward, format reward), got {self.reward_weights}")
+        super().__post_init__()
+
+
+@dataclass
+class RecGRPOConfig(_RecRLFields, GRPOConfig):
+    beta: float = field(default=0.04, metadata={
+        "help": "KL coefficient against the SFT model (k3 estimator in the loss). TRL's GRPO default 0.0 means "
+                "no KL at all and no reference pass; 0.04 as in DeepSeekMath's GRPO"})
+    _METHOD = "grpo"
+
+
+@dataclass
+class RecRLOOConfig(_RecRLFields, RLOOConfig):
+    beta: float = field(default=0.05, metadata={
+        "help": "KL coefficient against the SFT model (k1, subtracted from the sequence reward; TRL's RLOO "
+                "default). 0.0 means no KL and no reference pass"})
+    _METHOD = "rloo"
+
+
+CONFIGS = {"grpo": RecGRPOConfig, "rloo": RecRLOOConfig}
+
+
+def reward_rows(cfg: _RecRLFields):
+    """The training rows TRL sees: ``prompt`` plus the reward columns, no ``completion``."""
+    from recalign.trainers.rewarding import train_reward_rows
+
+    return train_reward_rows(cfg.data, cfg.tasks, cfg.max_train_samples, cfg.seed)
+
+
+def train(cfg: _RecRLFields, method: str | None = None) -> Path:
+    """Train ``cfg`` with GRPO or RLOO (``method`` defaults to the config's class) and write
+    the stage's adapter and ``card.json`` to ``cfg.output_dir``."""
+    from trl import GRPOTrainer, RLOOTrainer
+
+    from recalign.data.util import provenance, sha256_file, write_json
+    from recalign.models import resolve_model
+    from recalign.models.adapters import load_policy, stack_adapters
+    from recalign.models.resolve import model_fingerprint
+    from recalign.trainers.rewarding import check_reward_rows, load_reward_context
+    from recalign.trainers.sft import lora_config
+
+    method = method or cfg._METHOD
+    if method not in METHODS or not isinstance(cfg, CONFIGS[method]):
+        raise ValueError(f"method {method!r} needs a {CONFIGS.get(method, RecGRPOConfig).__name__}, "
+                         f"got {type(cfg).__name__}")
+    rows = reward_rows(cfg)
+    ctx = load_reward_context(cfg.data, fuzzy=cfg.fuzzy)
+    check_reward_rows(rows, ctx.catalog, f"{cfg.data}/dataset (train)")    # before any rollout
+    model, tok = load_policy(cfg.model, cfg.adapter)
+    out = Path(cfg.output_dir)
+    last = None
+    if cfg.resume and out.is_dir():
+        from transformers.trainer_utils import get_last_checkpoint
+
+        last = get_last_checkpoint(str(out))
+    trainer_cls = GRPOTrainer if method == "grpo" else RLOOTrainer
+    trainer = trainer_cls(model=model, reward_funcs=[ctx.list_reward(), ctx.format_reward()], args=cfg,
+                          train_dataset=rows, processing_class=tok, peft_config=lora_config(cfg, model))
+    trainer.train(resume_from_checkpoint=last)
+    rl_dir = out / "rl_adapter" if cfg.adapter else out
+    trainer.save_model(str(rl_dir))
+    if not trainer.accelerator.is_main_process:
+        return out
+    if cfg.adapter:
+        # one adapter on the original base = SFT then RL; checkpoints and rl_adapter/ stay
+        with tempfile.TemporaryDirectory(dir=out, prefix=".stack-") as tmp:
+            stacked = stack_adapters(cfg.adapter, rl_dir, Path(tmp) / "a")
+            for f in stacked.iterdir():
+                os.replace(f, out / f.name)
+    base = resolve_model(cfg.model)
+    inputs = {"train_jsonl": sha256_file(Path(cfg.data) / "train.jsonl")} \
+        if (Path(cfg.data) / "train.jsonl").is_file() else {}
+    if cfg.adapter and (Path(cfg.adapter) / "adapter_model.safetensors").is_file():
+        inputs["sft_adapter"] = sha256_file(Path(cfg.adapter) / "adapter_model.safetensors")
+    write_json(out / "card.json", provenance(
+        f"trainers.{method}", {k: v for k, v in asdict(cfg).items() if not k.startswith("_")}, seed=cfg.seed,
+        inputs=inputs, method=method, base_model=str(base), base_fingerprint=model_fingerprint(base),
+        sft_adapter=cfg.adapter, rl_adapter=str(rl_dir), train_rows=len(rows), resumed_from=last,
+        reward_funcs=list(trainer.reward_func_names), reward_weights=list(cfg.reward_weights),
+        log_history=trainer.state.log_history))
+    return out
+
+
+def _pop_method(argv: list[str]) -> tuple[str, list[str]]:
+    """``--method X`` / ``--method=X`` taken out of ``argv`` (default grpo)."""
+    rest, method, i = [], "grpo", 0
+    while i < len(argv):
+        a = argv[i]
+        if a == "--method" and i + 1 < len(argv):
+            method, i = argv[i + 1], i + 2
+            continue
+        if a.startswith("--method="):
+            method = a.split("=", 1)[1]
+        else:
+            rest.append(a)
+        i += 1
+    if method not in METHODS:
+        raise SystemExit(f"--method must be one of {', '.join(METHODS)}, got {method!r}")
+    return method, rest
+
+
+def main(argv: list[str] | None = None) -> int:
+    from trl import TrlParser
+
+    method, rest = _pop_method(list(sys.argv[1:] if argv is None else argv))
+    parser = TrlParser((CONFIGS[method],))
+    (cfg,) = parser.parse_args_and_config(args=rest)
+    out = train(cfg, method)
+    print(f"wrote {method} adapter to {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

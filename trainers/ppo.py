@@ -1,0 +1,641 @@
+"""RecLM-gen PPO: item- and list-level rule rewards per token, a KL penalty, GAE, clipped updates.
+
+TRL dropped its PPOTrainer in 1.13 and never placed rewards on individual tokens, so this
+one is ours (REFERENCE.md §1.3-1.4), shaped like a TRL trainer: :class:`RecPPOConfig`
+(every field a flag, ``--config recipe.yaml`` works), :class:`RecPPOTrainer`, ``main()``.
+
+Model: the SFT adapter (``--adapter``) is merged into the base weights in memory; on top
+sit two LoRA adapters, ``actor`` (the policy) and ``critic`` (+ a linear value head on its
+last hidden state). The critic is a second adapter rather than a head on the actor, as in
+the paper's code: value-loss gradients then never move the policy, and the two share one
+frozen trunk (one copy of the weights in memory). The reference policy is the same model
+with adapters disabled, i.e. exactly the SFT model.
+
+One step: sample ``prompts_per_step`` training rows; per prompt, one greedy answer and
+``samples_per_prompt - 1`` top-k 20 / T 0.7 answers (optionally grounded: every list item a
+real title); score them with the rule rewards (``rewards.item_and_list_rewards``); put each
+item's reward on the token that holds the last character of its line (character offsets
+from the decoded prefix, so it works with any tokenizer) and the list reward on the final
+token; subtract η·KL per token (k1 = log π − log π_ref, η = ``kl_coef``); GAE(γ, λ) with the
+critic's values; whitened advantages; ``ppo_epochs`` passes of clipped policy and value
+losses (+ entropy bonus) over minibatches, stopping early once the approximate KL between
+the rollout policy and the updated one exceeds ``target_kl``. The output is one adapter
+(SFT and PPO stacked, see ``models/adapters.py``) that ``recalign eval`` loads.
+
+    accelerate launch --config_file recipes/accelerate/cpu.yaml -m recalign.trainers.ppo \\
+        --config recipes/ppo-ml100k-smollm2.yaml
+    python -m recalign.trainers.ppo --model tiny-random --data runs/inst --output_dir runs/ppo --steps 2
+
+Per step, ``log.jsonl`` gets the mean list and item reward (overall and per task), KL,
+policy/value losses, entropy, clip fraction, approximate KL, whether the KL stop fired,
+the share of illegal items (nonexist, repeat, history, exceed), skipped samples and the
+time split between generation, scoring and update. Checkpoints (both adapters, the value
+head, the optimizer, RNG states) go to ``output_dir/checkpoint-N``; ``--resume`` continues
+from the last one.
+
+A sample whose reward function raises or returns NaN/inf is skipped for that step,
+counted (``skipped``) and logged; it never enters the loss.
+"""
+from __future__ import annotations
+
+import bisect
+import json
+import math
+import random
+import shutil
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+ILLEGAL = ("nonexist", "repeat", "history", "exceed")
+
+
+@dataclass
+class RecPPOConfig:
+    # model and data
+    model: str = field(default="smollm2-135m-instruct",
+                       metadata={"help": "preset, .gguf file, local HF directory or hub id"})
+    adapter: str | None = field(default=None, metadata={
+        "help": "SFT adapter to start from (merged; it is also the KL reference)"})
+    data: str | None = field(default=None, metadata={"help": "directory from `recalign data build`"})
+    output_dir: str = field(default="runs/ppo", metadata={"help": "adapter, log.jsonl, checkpoints"})
+    tasks: str | None = field(default=None, metadata={"help": "comma-separated tasks to train on (default: all with rewards)"})
+    teacher: str | None = field(default=None, metadata={"help": "teacher dir for rank rewards (default: the data card's)"})
+    max_train_samples: int | None = field(default=None, metadata={"help": "subsample the training rows"})
+    seed: int = field(default=42, metadata={"help": "seed for prompts, sampling and initialisation"})
+    # actor and critic LoRA (RecLM-gen PPO: r 4, alpha 2, all linear layers)
+    lora_r: int = field(default=4, metadata={"help": "LoRA rank of actor and critic"})
+    lora_alpha: int = field(default=2, metadata={"help": "LoRA alpha of actor and critic"})
+    lora_dropout: float = field(default=0.0, metadata={
+        "help": "LoRA dropout (0: rollout and update log-probs then come from the same function)"})
+    lora_target_modules: str = field(default="all-linear", metadata={"help": "'all-linear' or comma-separated names"})
+    lora_top_layers: int | None = field(default=None, metadata={"help": "LoRA only on the last N decoder layers"})
+    # rollouts
+    steps: int = field(default=100, metadata={"help": "rollout + update steps"})
+    prompts_per_step: int = field(default=8, metadata={"help": "training rows per rollout batch"})
+    samples_per_prompt: int = field(default=2, metadata={"help": "answers per row (paper: 2)"})
+    greedy_first: bool = field(default=True, metadata={"help": "the first answer per row is greedy (paper)"})
+    temperature: float = field(default=0.7, metadata={"help": "sampling temperature of the other answers"})
+    top_k: int = field(default=20, metadata={"help": "top-k of the other answers"})
+    max_new_tokens: int = field(default=160, metadata={"help": "answer length cap"})
+    grounded: bool = field(default=False, metadata={"help": "rollouts with grounded decoding (only real titles)"})
+    grounded_strict: bool = field(default=False, metadata={"help": "grounded rollouts also write the numbering"})
+    # PPO (REFERENCE.md §1.4)
+    ppo_epochs: int = field(default=4, metadata={"help": "passes over each rollout batch"})
+    mini_batch_size: int = field(default=8, metadata={"help": "answers per update"})
+    gamma: float = field(default=0.99, metadata={"help": "GAE discount"})
+    lam: float = field(default=1.0, metadata={"help": "GAE lambda"})
+    cliprange: float = field(default=0.2, metadata={"help": "policy ratio clip"})
+    cliprange_value: float = field(default=0.2, metadata={"help": "value clip"})
+    vf_coef: float = field(default=0.1, metadata={"help": "value loss weight"})
+    ent_coef: float = field(default=0.01, metadata={"help": "entropy bonus weight"})
+    kl_coef: float = field(default=0.3, metadata={"help": "eta: per-token KL penalty (k1) against the SFT model"})
+    target_kl: float | None = field(default=0.05, metadata={
+        "help": "stop this rollout batch's updates once approx. KL(old||new) exceeds it (None: never)"})
+    whiten_advantages: bool = field(default=True, metadata={"help": "normalise advantages per batch"})
+    learning_rate: float = field(default=5e-6, metadata={"help": "AdamW learning rate (actor, critic, value head)"})
+    max_grad_norm: float = field(default=1.0, metadata={"help": "gradient clipping"})
+    fuzzy: bool = field(default=False, metadata={"help": "match titles within Levenshtein 3 when rewarding"})
+    # bookkeeping
+    logging_steps: int = field(default=1, metadata={"help": "print every N steps (log.jsonl gets every step)"})
+    save_steps: int = field(default=20, metadata={"help": "checkpoint every N steps and at the end (0: never)"})
+    save_total_limit: int = field(default=2, metadata={"help": "checkpoints kept"})
+    resume: bool = field(default=False, metadata={"help": "resume from the last checkpoint in output_dir"})
+
+    def __post_init__(self):
+        problems = []
+        if self.steps < 1:
+            problems.append(f"steps must be >= 1, got {self.steps}")
+        if self.samples_per_prompt < 1 or self.prompts_per_step < 1 or self.mini_batch_size < 1:
+            problems.append("samples_per_prompt, prompts_per_step and mini_batch_size must be >= 1")
+        if not 0 < self.gamma <= 1 or not 0 <= self.lam <= 1:
+            problems.append(f"gamma must be in (0, 1] and lam in [0, 1], got {self.gamma}, {self.lam}")
+        if self.kl_coef < 0 or self.lora_r < 1:
+            problems.append("kl_coef must be >= 0 and lora_r >= 1")
+        if problems:
+            raise ValueError("; ".join(problems))
+
+    @property
+    def use_cpu(self) -> bool:
+        import torch
+
+        return not torch.cuda.is_available()
+
+
+# --------------------------------------------------------------------------- token placement
+def char_ends(tokenizer, ids: Sequence[int]) -> list[int]:
+    """``ends[k]`` = length of the decoded text of ``ids[:k+1]`` (special tokens skipped), made
+    non-decreasing (a token holding half a UTF-8 character decodes to a placeholder first)."""
+    out, best = [], 0
+    for k in range(len(ids)):
+        best = max(best, len(tokenizer.decode(ids[:k + 1], skip_special_tokens=True)))
+        out.append(best)
+    return out
+
+
+def place_rewards(ends: Sequence[int], line_ends: Sequence[int], item_rewards: Sequence[float],
+                  list_reward: float) -> np.ndarray:
+    """Per-token rewards: each item's reward on the first token whose decoded prefix reaches
+    ``line_end`` (it holds the last character of the item's line), the list reward on the
+    last token.
+
+    >>> place_rewards([2, 5, 6, 9, 10], line_ends=[5, 9], item_rewards=[1.0, -1.0], list_reward=3.0).tolist()
+    [0.0, 1.0, 0.0, -1.0, 3.0]
+    """
+    r = np.zeros(len(ends), dtype=np.float64)
+    if not len(ends):
+        return r
+    for le, ir in zip(line_ends, item_rewards):
+        k = min(bisect.bisect_left(ends, le), len(ends) - 1) if le > 0 else len(ends) - 1
+        r[k] += ir
+    r[-1] += list_reward
+    return r
+
+
+def masked_mean(x, mask, dim=None):
+    return (x * mask).sum(dim) / mask.sum(dim).clamp(min=1) if dim is not None else (x * mask).sum() / mask.sum().clamp(min=1)
+
+
+def masked_whiten(x, mask, eps: float = 1e-8):
+    mean = masked_mean(x, mask)
+    var = masked_mean((x - mean) ** 2, mask)
+    return (x - mean) * (var + eps).rsqrt() * mask
+
+
+def gae(rewards, values, mask, gamma: float, lam: float):
+    """Generalised advantage estimation over right-padded [B, T] tensors (values of padded
+    positions and the value after the last token count as 0)."""
+    import torch
+
+    T = rewards.shape[1]
+    adv = torch.zeros_like(rewards)
+    last = torch.zeros_like(rewards[:, 0])
+    values = values * mask
+    for t in reversed(range(T)):
+        nxt_mask = mask[:, t + 1] if t + 1 < T else torch.zeros_like(last)
+        nxt = values[:, t + 1] * nxt_mask if t + 1 < T else torch.zeros_like(last)
+        delta = rewards[:, t] + gamma * nxt - values[:, t]
+        last = delta + gamma * lam * nxt_mask * last
+        adv[:, t] = last
+    adv = adv * mask
+    return adv, adv + values
+
+
+# --------------------------------------------------------------------------- trainer
+RewardFn = Callable[[list[dict], list[str]], Sequence[Any]]
+
+
+class RecPPOTrainer:
+    """PPO over ``rows`` (dicts with a conversational ``prompt`` and the reward fields).
+
+    ``reward_fn(rows, texts)`` returns, per answer, an object with ``item_rewards``,
+    ``line_ends``, ``list_reward`` (and optionally ``status`` and ``task``), e.g. a
+    :class:`recalign.rewards.RewardResult`, or None when the answer cannot be judged.
+    ``titles`` (item i = titles[i-1]) enables grounded rollouts with ``cfg.grounded``.
+    """
+
+    def __init__(self, cfg: RecPPOConfig, model, tokenizer, rows: list[dict], reward_fn: RewardFn,
+                 titles: Sequence[str] | None = None, log: Callable[[str], None] | None = None):
+        import torch
+        from accelerate import Accelerator
+        from peft import get_peft_model
+
+        from .sft import lora_config
+
+        if not rows:
+            raise ValueError("no training rows")
+        if cfg.grounded and titles is None:
+            raise ValueError("grounded rollouts need the catalog titles")
+        self.cfg, self.tok, self.rows, self.reward_fn, self.titles = cfg, tokenizer, rows, reward_fn, titles
+        self.log = log or (lambda s: print(s, file=sys.stderr, flush=True))
+        self.acc = Accelerator(cpu=cfg.use_cpu)
+        torch.manual_seed(cfg.seed)
+        self.tok.padding_side = "left"
+        # both configs before wrapping: lora_config reads module names, which wrapping changes
+        actor_cfg, critic_cfg = lora_config(cfg, model), lora_config(cfg, model)
+        self.model = get_peft_model(model, actor_cfg, adapter_name="actor")
+        self.model.add_adapter("critic", critic_cfg)
+        hidden = model.config.hidden_size
+        self.value_head = torch.nn.Linear(hidden, 1)
+        torch.nn.init.zeros_(self.value_head.weight)
+        torch.nn.init.zeros_(self.value_head.bias)
+        self.actor_params = [p for n, p in self.model.named_parameters() if ".actor." in n]
+        self.critic_params = [p for n, p in self.model.named_parameters() if ".critic." in n]
+        self.critic_params += list(self.value_head.parameters())
+        self._trainable = self.actor_params + self.critic_params
+        self.opt = torch.optim.AdamW(self._trainable, lr=cfg.learning_rate)
+        self.model, self.value_head, self.opt = self.acc.prepare(self.model, self.value_head, self.opt)
+        self.device = self.acc.device
+        self.step = 0
+        self.history: list[dict] = []
+        self.skipped_total = 0
+        self.rng = random.Random(cfg.seed + self.acc.process_index)
+        self._trie = None
+        self._eos = self._eos_ids()
+        self.resumed_from: str | None = None
+
+    # ----- model plumbing
+    @property
+    def peft(self):
+        return self.acc.unwrap_model(self.model)
+
+    def _use(self, name: str) -> None:
+        # PEFT's set_adapter freezes the inactive adapter; both stay trainable for one optimizer
+        self.peft.base_model.set_adapter(name)
+        for p in self._trainable:
+            p.requires_grad_(True)
+
+    def _eos_ids(self) -> set[int]:
+        ids = {self.tok.eos_token_id}
+        gen = getattr(self.peft, "generation_config", None)
+        e = getattr(gen, "eos_token_id", None) if gen is not None else None
+        ids.update(e if isinstance(e, (list, tuple)) else [e])
+        return {i for i in ids if i is not None}
+
+    def _forward_logits(self, ids, attn, T: int):
+        pos = (attn.long().cumsum(-1) - 1).clamp(min=0)
+        out = self.model(input_ids=ids, attention_mask=attn, position_ids=pos, logits_to_keep=T + 1)
+        return out.logits[:, :-1].float()
+
+    def _values(self, ids, attn, T: int):
+        pos = (attn.long().cumsum(-1) - 1).clamp(min=0)
+        base = self.peft.get_base_model()
+        trunk = getattr(base, base.base_model_prefix)
+        h = trunk(input_ids=ids, attention_mask=attn, position_ids=pos).last_hidden_state[:, -T - 1:-1]
+        return self.value_head(h.float()).squeeze(-1)
+
+    @staticmethod
+    def _logp(logits, tokens):
+        import torch
+
+        return torch.gather(torch.log_softmax(logits, -1), 2, tokens.unsqueeze(-1)).squeeze(-1)
+
+    # ----- rollouts
+    def _generate(self, rows: list[dict], greedy: bool):
+        import torch
+
+        from recalign.eval.grounded import GroundedLogitsProcessor, TitleTrie
+
+        texts = [self.tok.apply_chat_template(r["prompt"], tokenize=False, add_generation_prompt=True)
+                 for r in rows]
+        enc = self.tok(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(self.device)
+        kw = dict(max_new_tokens=self.cfg.max_new_tokens, pad_token_id=self.tok.pad_token_id)
+        if greedy:
+            kw.update(do_sample=False, temperature=None, top_p=None, top_k=None)
+        else:
+            kw.update(do_sample=True, temperature=self.cfg.temperature, top_k=self.cfg.top_k, top_p=1.0)
+        if self.cfg.grounded:
+            if self._trie is None:
+                self._trie = TitleTrie(self.tok, self.titles)
+            kw["logits_processor"] = [GroundedLogitsProcessor(
+                self._trie, self.tok, [r.get("history") or [] for r in rows], strict=self.cfg.grounded_strict,
+                max_items=[int(r.get("item_count") or 10) for r in rows])]
+        self._use("actor")
+        self.peft.eval()
+        with torch.no_grad():
+            gen = self.peft.generate(**enc, **kw)
+        return enc["input_ids"], enc["attention_mask"], gen[:, enc["input_ids"].shape[1]:]
+
+    def _trim(self, resp) -> list[list[int]]:
+        out = []
+        for row in resp.tolist():
+            cut = next((k + 1 for k, t in enumerate(row) if t in self._eos), len(row))
+            out.append(row[:cut])
+        return out
+
+    def _score(self, rows: list[dict], texts: list[str]) -> tuple[list, list[str]]:
+        """Reward objects per answer, None where it was skipped (with the reason)."""
+        try:
+            res = list(self.reward_fn(rows, texts))
+            if len(res) != len(rows):
+                raise ValueError(f"reward function returned {len(res)} results for {len(rows)} answers")
+        except Exception:
+            res = []
+            for r, t in zip(rows, texts):           # isolate the sample(s) that break it
+                try:
+                    res.append(self.reward_fn([r], [t])[0])
+                except Exception as e:             # noqa: BLE001 - any reward failure skips the sample
+                    res.append(e)
+        reasons = []
+        for i, x in enumerate(res):
+            why = None
+            if isinstance(x, Exception):
+                why = f"reward raised {type(x).__name__}: {x}"
+            elif x is None:
+                why = "reward returned None"
+            else:
+                vals = [x.list_reward, *x.item_rewards]
+                if not all(isinstance(v, (int, float)) and math.isfinite(v) for v in vals):
+                    why = "reward is NaN or infinite"
+            if why:
+                res[i] = None
+                reasons.append(why)
+        return res, reasons
+
+    def rollout(self) -> dict:
+        """Generate, score and compute old log-probs, reference log-probs and values."""
+        import torch
+
+        cfg = self.cfg
+        batch_rows = [self.rows[self.rng.randrange(len(self.rows))] for _ in range(cfg.prompts_per_step)]
+        t0 = time.perf_counter()
+        prompt_ids = prompt_mask = None
+        answers, rows = [], []
+        for s in range(cfg.samples_per_prompt):
+            pids, pmask, resp = self._generate(batch_rows, greedy=cfg.greedy_first and s == 0)
+            prompt_ids, prompt_mask = pids, pmask
+            answers.extend(self._trim(resp))
+            rows.extend(batch_rows)
+        t_gen = time.perf_counter() - t0
+        texts = [self.tok.decode(a, skip_special_tokens=True) for a in answers]
+        t1 = time.perf_counter()
+        results, reasons = self._score(rows, texts)
+        keep = [i for i, r in enumerate(results) if r is not None and len(answers[i]) > 0]
+        t_score = time.perf_counter() - t1
+        if reasons:
+            self.log(f"step {self.step + 1}: skipped {len(reasons)} sample(s): {reasons[0]}")
+        N, T = len(keep), max([len(answers[i]) for i in keep], default=1)
+        pad = self.tok.pad_token_id
+        resp = torch.full((N, T), pad, dtype=torch.long)
+        mask = torch.zeros((N, T))
+        scores = torch.zeros((N, T))
+        for j, i in enumerate(keep):
+            a = answers[i]
+            resp[j, :len(a)] = torch.tensor(a)
+            mask[j, :len(a)] = 1
+            r = results[i]
+            scores[j, :len(a)] = torch.from_numpy(
+                place_rewards(char_ends(self.tok, a), r.line_ends, r.item_rewards, r.list_reward)).float()
+        n_prompts = len(batch_rows)
+        pidx = torch.tensor([i % n_prompts for i in keep], dtype=torch.long)
+        batch = {
+            "ids": torch.cat([prompt_ids.cpu()[pidx], resp], 1), "T": T,
+            "attn": torch.cat([prompt_mask.cpu()[pidx].float(), mask], 1), "resp": resp, "mask": mask,
+            "scores": scores,
+        }
+        t2 = time.perf_counter()
+        with torch.no_grad():
+            old_logp, ref_logp, values = [], [], []
+            for s in range(0, N, cfg.mini_batch_size):
+                ids, attn = batch["ids"][s:s + cfg.mini_batch_size].to(self.device), batch["attn"][s:s + cfg.mini_batch_size].to(self.device)
+                tokens = resp[s:s + cfg.mini_batch_size].to(self.device)
+                self._use("actor")
+                old_logp.append(self._logp(self._forward_logits(ids, attn, T), tokens).cpu())
+                with self.peft.disable_adapter():
+                    ref_logp.append(self._logp(self._forward_logits(ids, attn, T), tokens).cpu())
+                self._use("critic")
+                values.append(self._values(ids, attn, T).cpu())
+        batch["old_logp"] = torch.cat(old_logp) if N else torch.zeros((0, T))
+        batch["ref_logp"] = torch.cat(ref_logp) if N else torch.zeros((0, T))
+        batch["values"] = torch.cat(values) if N else torch.zeros((0, T))
+        kl = (batch["old_logp"] - batch["ref_logp"]) * mask
+        rewards = scores - cfg.kl_coef * kl
+        adv, ret = gae(rewards, batch["values"], mask, cfg.gamma, cfg.lam)
+        if cfg.whiten_advantages and N:
+            adv = masked_whiten(adv, mask)
+        batch.update(adv=adv, ret=ret)
+        t_fwd = time.perf_counter() - t2
+        stats = self._rollout_stats([rows[i] for i in keep], [results[i] for i in keep], kl, mask)
+        stats.update({"skipped": len(reasons), "samples": N, "time/generate_s": t_gen, "time/score_s": t_score,
+                      "time/rollout_forward_s": t_fwd,
+                      "rollout_tokens_per_s": float(sum(len(a) for a in answers)) / max(t_gen, 1e-9),
+                      "response_length": float(mask.sum(1).mean()) if N else 0.0})
+        batch["stats"] = stats
+        return batch
+
+    @staticmethod
+    def _rollout_stats(rows, results, kl, mask) -> dict:
+        st: dict[str, float] = {}
+        if not results:
+            return st
+        st["reward/list"] = float(np.mean([r.list_reward for r in results]))
+        items = [x for r in results for x in r.item_rewards]
+        st["reward/item"] = float(np.mean(items)) if items else 0.0
+        by_task: dict[str, list[float]] = {}
+        for row, r in zip(rows, results):
+            by_task.setdefault(str(getattr(r, "task", None) or row.get("task")), []).append(r.list_reward)
+        for t, v in sorted(by_task.items()):
+            st[f"reward/list/{t}"] = float(np.mean(v))
+        status = [s for r in results for s in (getattr(r, "status", None) or [])]
+        for s in ILLEGAL:
+            st[f"illegal/{s}"] = status.count(s) / len(status) if status else 0.0
+        st["kl"] = float(kl.sum(1).mean())
+        return st
+
+    # ----- update
+    def update(self, batch: dict) -> dict:
+        import torch
+
+        cfg = self.cfg
+        N, T = batch["resp"].shape
+        st = {"pg_loss": [], "vf_loss": [], "entropy": [], "clip_frac": [], "approx_kl": [], "vf_clip_frac": []}
+        stopped, updates = False, 0
+        self.peft.train()
+        for _ in range(cfg.ppo_epochs):
+            order = torch.randperm(N, generator=torch.Generator().manual_seed(self.rng.randrange(2 ** 31)))
+            for s in range(0, N, cfg.mini_batch_size):
+                idx = order[s:s + cfg.mini_batch_size]
+                ids, attn = batch["ids"][idx].to(self.device), batch["attn"][idx].to(self.device)
+                tokens, mask = batch["resp"][idx].to(self.device), batch["mask"][idx].to(self.device)
+                old, adv = batch["old_logp"][idx].to(self.device), batch["adv"][idx].to(self.device)
+                ret, old_v = batch["ret"][idx].to(self.device), batch["values"][idx].to(self.device)
+                self._use("actor")
+                logits = self._forward_logits(ids, attn, T)
+                logp = self._logp(logits, tokens)
+                # k3 estimate of KL(old || new): non-negative, unbiased under the rollout policy
+                log_ratio = (logp - old).detach()
+                approx_kl = float(masked_mean(log_ratio.exp() - 1 - log_ratio, mask))
+                if cfg.target_kl is not None and approx_kl > cfg.target_kl:
+                    stopped = True
+                    st["approx_kl"].append(approx_kl)
+                    break
+                ratio = torch.exp(logp - old)
+                pg = torch.max(-adv * ratio, -adv * ratio.clamp(1 - cfg.cliprange, 1 + cfg.cliprange))
+                pg_loss = masked_mean(pg, mask)
+                probs = torch.softmax(logits, -1)
+                entropy = masked_mean(torch.logsumexp(logits, -1) - (probs * logits).sum(-1), mask)
+                self.acc.backward(pg_loss - cfg.ent_coef * entropy)
+                self._use("critic")
+                v = self._values(ids, attn, T)
+                v_clip = old_v + (v - old_v).clamp(-cfg.cliprange_value, cfg.cliprange_value)
+                vf = torch.max((v - ret) ** 2, (v_clip - ret) ** 2)
+                vf_loss = 0.5 * masked_mean(vf, mask)
+                self.acc.backward(cfg.vf_coef * vf_loss)
+                if cfg.max_grad_norm:
+                    self.acc.clip_grad_norm_(self._trainable, cfg.max_grad_norm)
+                self.opt.step()
+                self.opt.zero_grad(set_to_none=True)
+                updates += 1
+                st["pg_loss"].append(float(pg_loss.detach()))
+                st["vf_loss"].append(float(vf_loss.detach()))
+                st["entropy"].append(float(entropy.detach()))
+                st["approx_kl"].append(approx_kl)
+                st["clip_frac"].append(float(masked_mean(((ratio.detach() - 1).abs() > cfg.cliprange).float(), mask)))
+                st["vf_clip_frac"].append(float(masked_mean(((v.detach() - old_v).abs() > cfg.cliprange_value).float(), mask)))
+            if stopped:
+                break
+        self.peft.eval()
+        out = {k: float(np.mean(v)) for k, v in st.items() if v}
+        out.update(updates=updates, kl_early_stop=stopped)
+        return out
+
+    # ----- loop, checkpoints
+    def train(self) -> list[dict]:
+        from tqdm.auto import tqdm
+
+        cfg = self.cfg
+        out = Path(cfg.output_dir)
+        if cfg.resume:
+            self._load_last(out)
+        bar = tqdm(total=cfg.steps, initial=self.step, desc="ppo", disable=not self.acc.is_main_process)
+        while self.step < cfg.steps:
+            t0 = time.perf_counter()
+            batch = self.rollout()
+            t1 = time.perf_counter()
+            upd = self.update(batch) if batch["resp"].shape[0] else {"updates": 0, "kl_early_stop": False}
+            self.step += 1
+            self.skipped_total += batch["stats"]["skipped"]
+            rec = {"step": self.step, **batch["stats"], **upd, "time/update_s": time.perf_counter() - t1,
+                   "time/step_s": time.perf_counter() - t0}
+            self.history.append(rec)
+            if self.acc.is_main_process:
+                out.mkdir(parents=True, exist_ok=True)
+                with open(out / "log.jsonl", "a", encoding="utf-8") as f:
+                    f.write(json.dumps(rec) + "\n")
+            if self.step % max(cfg.logging_steps, 1) == 0:
+                bar.write(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in rec.items()
+                                   if k in ("step", "reward/list", "reward/item", "kl", "pg_loss", "vf_loss",
+                                            "clip_frac", "approx_kl", "updates", "skipped")))
+            bar.update(1)
+            if cfg.save_steps and (self.step % cfg.save_steps == 0 or self.step == cfg.steps):
+                self.save_checkpoint(out)
+        bar.close()
+        return self.history
+
+    def _state_files(self, d: Path) -> dict:
+        return {"actor": d / "actor.safetensors", "critic": d / "critic.safetensors",
+                "value_head": d / "value_head.safetensors", "optimizer": d / "optimizer.pt", "state": d / "state.json"}
+
+    def save_checkpoint(self, out: Path) -> Path:
+        import torch
+        from peft import get_peft_model_state_dict
+        from safetensors.torch import save_file
+
+        from recalign.data.util import atomic_dir
+
+        if not self.acc.is_main_process:
+            return out
+        target = out / f"checkpoint-{self.step}"
+        with atomic_dir(target, overwrite=True) as tmp:
+            f = self._state_files(tmp)
+            for name in ("actor", "critic"):
+                sd = get_peft_model_state_dict(self.peft, adapter_name=name)
+                save_file({k: v.contiguous() for k, v in sd.items()}, str(f[name]))
+            save_file(self.acc.unwrap_model(self.value_head).state_dict(), str(f["value_head"]))
+            torch.save(self.opt.state_dict(), f["optimizer"])
+            f["state"].write_text(json.dumps({
+                "step": self.step, "history": self.history, "skipped_total": self.skipped_total,
+                "rng": repr(self.rng.getstate()), "torch_rng": torch.get_rng_state().tolist()}))
+        kept = sorted(out.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
+        for old in kept[:-max(self.cfg.save_total_limit, 1)]:
+            shutil.rmtree(old, ignore_errors=True)
+        return target
+
+    def _load_last(self, out: Path) -> None:
+        import ast
+
+        import torch
+        from peft import set_peft_model_state_dict
+        from safetensors.torch import load_file
+
+        cks = sorted(out.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1])) if out.is_dir() else []
+        if not cks:
+            self.log(f"resume: no checkpoint in {out}, starting at step 0")
+            return
+        d = cks[-1]
+        f = self._state_files(d)
+        for name in ("actor", "critic"):
+            set_peft_model_state_dict(self.peft, load_file(str(f[name])), adapter_name=name)
+        self.acc.unwrap_model(self.value_head).load_state_dict(load_file(str(f["value_head"])))
+        self.opt.load_state_dict(torch.load(f["optimizer"], weights_only=True))
+        state = json.loads(f["state"].read_text())
+        self.step, self.history, self.skipped_total = state["step"], state["history"], state["skipped_total"]
+        self.rng.setstate(ast.literal_eval(state["rng"]))
+        torch.set_rng_state(torch.tensor(state["torch_rng"], dtype=torch.uint8))
+        # log.jsonl may hold steps after the checkpoint from the interrupted run: rewrite it
+        (out / "log.jsonl").write_text("".join(json.dumps(h) + "\n" for h in self.history))
+        self.resumed_from = str(d)
+        self.log(f"resumed from {d} (step {self.step})")
+
+    def save_adapter(self, out: Path, sft_adapter: str | None = None) -> Path:
+        """The actor as one PEFT adapter on the original base (stacked on the SFT adapter)."""
+        import tempfile
+
+        from recalign.models.adapters import stack_adapters
+
+        out.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=out) as tmp:
+            self.peft.save_pretrained(tmp, selected_adapters=["actor"])
+            actor = Path(tmp) / "actor"
+            src = actor
+            if sft_adapter:
+                src = stack_adapters(sft_adapter, actor, Path(tmp) / "stacked")
+            for f in src.iterdir():
+                shutil.move(str(f), out / f.name)     # same filesystem: each file lands whole
+        self.tok.save_pretrained(str(out))
+        return out
+
+
+# --------------------------------------------------------------------------- entry point
+def load_rows(cfg: RecPPOConfig, catalog) -> list[dict]:
+    """Training prompts with their reward fields, checked before any rollout."""
+    from .rewarding import check_reward_rows, train_reward_rows
+
+    rows = train_reward_rows(cfg.data, cfg.tasks, cfg.max_train_samples, cfg.seed).to_list()
+    check_reward_rows(rows, catalog, f"{cfg.data}/dataset (train)")
+    return rows
+
+
+def train(cfg: RecPPOConfig) -> Path:
+    from recalign.data.util import DataError, provenance, sha256_file, write_json
+    from recalign.models import load_policy, resolve_model
+    from recalign.models.resolve import model_fingerprint
+
+    from .rewarding import load_reward_context
+
+    if cfg.data is None:
+        raise DataError("--data is required: the directory written by `recalign data build`")
+    ctx = load_reward_context(cfg.data, cfg.teacher, fuzzy=cfg.fuzzy)
+    rows = load_rows(cfg, ctx.catalog)
+    model, tok = load_policy(cfg.model, cfg.adapter)
+    trainer = RecPPOTrainer(cfg, model, tok, rows, reward_fn=ctx.score, titles=ctx.catalog.titles[1:])
+    history = trainer.train()
+    out = Path(cfg.output_dir)
+    if trainer.acc.is_main_process:
+        trainer.save_adapter(out, cfg.adapter)
+        base = resolve_model(cfg.model)
+        data_jsonl = Path(cfg.data) / "train.jsonl"
+        write_json(out / "card.json", provenance(
+            "trainers.ppo", asdict(cfg), seed=cfg.seed,
+            inputs={"train_jsonl": sha256_file(data_jsonl)} if data_jsonl.is_file() else {},
+            base_model=str(base), base_fingerprint=model_fingerprint(base), sft_adapter=cfg.adapter,
+            train_rows=len(rows), resumed_from=trainer.resumed_from, skipped_samples=trainer.skipped_total,
+            log_history=history))
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    from trl import TrlParser
+
+    (cfg,) = TrlParser((RecPPOConfig,)).parse_args_and_config(args=argv)
+    out = train(cfg)
+    print(f"wrote adapter to {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
