@@ -67,6 +67,12 @@ class RecDataset:
         return len(self.sequences)
 
     @property
+    def user_ids(self) -> list[str]:
+        """Original user ids by user index (the index as a string when the data has none)."""
+        return (list(self.users["user_id"].astype(str)) if self.users is not None
+                else [str(u) for u in range(self.n_users)])
+
+    @property
     def catalog(self) -> Catalog:
         if not hasattr(self, "_catalog"):
             self._catalog = Catalog.from_frame(self.items)

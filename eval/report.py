@@ -100,7 +100,65 @@ def _plots(out: Path, runs: list[dict]) -> list[str]:
     return made
 
 
-def write_report(out: str | Path, runs: list[dict]) -> Path:
+# what each trainer logs as its list reward (PPO: our log; GRPO/RLOO: TRL's per-function mean)
+REWARD_KEYS = ("reward/list", "rewards/recalign_list_reward/mean")
+
+
+def curve(log_history: list[dict]) -> dict[str, list]:
+    """(step, list reward, KL, loss) series from a trainer's log history (card.json)."""
+    out: dict[str, list] = {"step": [], "reward": [], "kl": [], "loss": []}
+    for h in log_history or []:
+        if "step" not in h:
+            continue
+        reward = next((h[k] for k in REWARD_KEYS if k in h), None)
+        loss = h.get("loss", h.get("pg_loss"))
+        if reward is None and loss is None and "kl" not in h:
+            continue
+        out["step"].append(h["step"])
+        out["reward"].append(reward)
+        out["kl"].append(h.get("kl"))
+        out["loss"].append(loss)
+    return out
+
+
+def _curve_section(out: Path, curves: dict[str, list[dict]]) -> list[str]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    series = {m: curve(h) for m, h in curves.items()}
+    series = {m: c for m, c in series.items() if c["step"]}
+    if not series:
+        return []
+    lines = ["", "## Training curves", "", "| method | steps | list reward (first → last) | KL (last) | loss (first → last) |",
+             "|---|---|---|---|---|"]
+
+    def ends(v):
+        v = [x for x in v if x is not None]
+        return f"{v[0]:.3f} → {v[-1]:.3f}" if v else "–"
+    for m, c in series.items():
+        kl = [x for x in c["kl"] if x is not None]
+        lines.append(f"| {m} | {c['step'][-1]} | {ends(c['reward'])} | {f'{kl[-1]:.4f}' if kl else '–'} | "
+                     f"{ends(c['loss'])} |")
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
+    for ax, key, title in zip(axes, ("reward", "kl", "loss"), ("list reward", "KL to the SFT model", "loss")):
+        for m, c in series.items():
+            pts = [(s, v) for s, v in zip(c["step"], c[key]) if v is not None]
+            if pts:
+                ax.plot(*zip(*pts), marker=".", label=m)
+        ax.set_title(title)
+        ax.set_xlabel("step")
+    axes[0].legend(fontsize=8)
+    fig.tight_layout()
+    (out / "plots").mkdir(exist_ok=True)
+    fig.savefig(out / "plots" / "training_curves.png", dpi=90)
+    plt.close(fig)
+    return lines + ["", "![plots/training_curves.png](plots/training_curves.png)"]
+
+
+def write_report(out: str | Path, runs: list[dict], curves: dict[str, list[dict]] | None = None) -> Path:
+    """``runs``: metrics.json contents; ``curves``: method -> trainer log history."""
     out = Path(out)
     lines = ["# recalign evaluation report", ""]
     lines += ["| model | backend | grounded | split | rows | generation (s) |", "|---|---|---|---|---|---|"]
@@ -112,6 +170,17 @@ def write_report(out: str | Path, runs: list[dict]) -> Path:
     lines += ["", "Percentages: share of samples (CPA, CorrectCount) or of the K list slots (TCP and the "
                   "formatting errors). HR/NDCG use the target of the leave-one-out split; the teacher row "
                   "ranks the same 10-item prompt windows with history items masked."]
+    judged = [r for r in runs if r.get("judge")]
+    if judged:
+        lines += ["", "## Reward as judge (I0)", "",
+                  "Mean logged rating (1-5) of the recommended items the user rated outside the prompt's "
+                  "history window; coverage = share of recommended items with a known rating.", "",
+                  "| model | mean rating | coverage | items rated / recommended |", "|---|---|---|---|"]
+        for r in judged:
+            j = r["judge"]
+            mr = f"{j['mean_rating']:.3f}" if j.get("mean_rating") is not None else "–"
+            lines.append(f"| {r['name']}{' (grounded)' if r.get('grounded') else ''} | {mr} | "
+                         f"{_fmt('CPA', j.get('coverage'))} | {j['n_known']} / {j['n_recommended']} |")
     ret = [r for r in runs if r.get("retention")]
     if ret:
         lines += ["", "## Retention", "", "| model | MMLU (5-shot) | n | GSM8K (8-shot CoT) | n |", "|---|---|---|---|---|"]
@@ -121,6 +190,7 @@ def write_report(out: str | Path, runs: list[dict]) -> Path:
                          f"{_fmt('CPA', gs.get('accuracy'))} | {gs.get('n', '–')} |")
     plots = _plots(out, runs)
     lines += ["", "## Plots", ""] + [f"![{p}]({p})" for p in plots]
+    lines += _curve_section(out, curves or {})
     lines += ["", "## Provenance", ""]
     for r in runs:
         p = r.get("provenance", {})

@@ -101,6 +101,13 @@ def run_eval(cfg: EvalConfig, overwrite: bool = False) -> Path:
         full = {r["user_id"]: ds.sequences[by_id[r["user_id"]]][:-cut] for r in rows if r["user_id"] in by_id}
     res = evaluate(rows, answers, ds.catalog, fuzzy=True, return_samples=True,
                    full_histories=[full.get(r["user_id"]) for r in rows])
+    judge = None
+    i0 = [(r, a) for r, a in zip(rows, answers) if r["task"] == "I0"]
+    if i0 and ds.ratings is not None:
+        from recalign.rewards import judge_ratings, parse_list
+
+        judge = judge_ratings(ds, [r for r, _ in i0], [parse_list(a, ds.catalog) for _, a in i0])
+        judge.pop("per_list")
     teacher_dir = cfg.teacher or card.get("config", {}).get("teacher")
     teacher = teacher_on_rows(teacher_dir, ds, rows) if teacher_dir and Path(teacher_dir).is_dir() else None
     retention = {}
@@ -113,6 +120,7 @@ def run_eval(cfg: EvalConfig, overwrite: bool = False) -> Path:
         "name": name, "model": cfg.model, "adapter": cfg.adapter, "backend": cfg.backend,
         "grounded": cfg.grounded, "split": cfg.split, "n_rows": len(rows),
         "exact": res["exact"], "fuzzy": res["fuzzy"], "teacher": teacher, "retention": retention,
+        "judge": judge,
         "generation_seconds": round(gen_s, 1),
         "by_history_length": _hr_by_history(rows, res["samples_exact"]),
     }

@@ -1,6 +1,8 @@
 """``recalign pipeline --recipe R [--profile quick]``: every stage in order, resumable.
 
-prepare -> teacher -> build -> eval base -> sft -> eval sft -> report. Each stage writes
+prepare -> teacher -> build -> eval base -> sft -> eval sft -> [rl method -> eval it]... -> report.
+RL methods (``rl:`` in the recipe, in order): ppo, grpo, rloo (each starts from the SFT adapter)
+and asft (A-SFT on logged ratings, also from the SFT adapter). Each stage writes
 its own directory under the recipe's ``out`` atomically, plus ``<dir>.stage.json`` with a
 hash of the settings that made it: a stage whose output exists with the same hash is
 skipped, so an interrupted run continues where it stopped (SFT also resumes from its last
@@ -21,7 +23,8 @@ import yaml
 from recalign.data.util import DataError, atomic_write, suggest
 
 KEYS = {"out", "seed", "dataset", "prepare", "teacher", "build", "model", "sft", "eval", "profiles",
-        "input"}
+        "input", "rl", "extends"}
+RL_METHODS = ("ppo", "grpo", "rloo", "asft")
 
 
 def _merge(base: dict, over: dict) -> dict:
@@ -31,23 +34,49 @@ def _merge(base: dict, over: dict) -> dict:
     return out
 
 
-def load_recipe(path: str | Path, profile: str | None = None, overrides: dict | None = None) -> dict:
-    path = Path(path)
+def _read(path: Path, seen: tuple = ()) -> dict:
     if not path.is_file():
         raise DataError(f"--recipe {path}: file not found (recipes live in recipes/)")
     try:
         recipe = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as e:
         raise DataError(f"{path}: not valid YAML ({e})") from None
+    if not isinstance(recipe, dict):
+        raise DataError(f"{path}: a recipe is a mapping of keys (out, model, sft, ...)")
     unknown = sorted(set(recipe) - KEYS)
     if unknown:
         raise DataError(f"{path}: unknown key {unknown[0]!r}{suggest(unknown[0], KEYS)}")
+    bad = sorted(set(recipe.get("rl") or {}) - set(RL_METHODS))
+    if bad:
+        raise DataError(f"{path}: rl method {bad[0]!r} unknown{suggest(bad[0], RL_METHODS)}; "
+                        f"methods: {', '.join(RL_METHODS)}")
+    parent = recipe.pop("extends", None)
+    if parent:
+        # a recipe may build on another in the same folder; its keys override the parent's,
+        # and its rl: replaces the parent's (a GRPO recipe runs GRPO, not PPO as well)
+        ppath = path.parent / parent
+        if ppath.resolve() in seen:
+            raise DataError(f"{path}: extends {parent} makes a cycle")
+        base = _read(ppath, seen + (path.resolve(),))
+        if "rl" in recipe:
+            base.pop("rl", None)
+        recipe = _merge(base, recipe)
+    return recipe
+
+
+def load_recipe(path: str | Path, profile: str | None = None, overrides: dict | None = None) -> dict:
+    path = Path(path)
+    recipe = _read(path)
     profiles = recipe.pop("profiles", {}) or {}
     if profile:
         if profile not in profiles:
             raise DataError(f"{path}: no profile {profile!r}{suggest(profile, profiles)}; "
                             f"profiles: {', '.join(profiles) or 'none'}")
-        recipe = _merge(recipe, profiles[profile])
+        prof = copy.deepcopy(profiles[profile])
+        # a profile tunes the RL methods the recipe runs; it does not add others
+        if "rl" in prof:
+            prof["rl"] = {m: v for m, v in (prof["rl"] or {}).items() if m in (recipe.get("rl") or {})}
+        recipe = _merge(recipe, prof)
     recipe = _merge(recipe, overrides or {})
     recipe.setdefault("seed", 42)
     recipe.setdefault("out", f"runs/{path.stem}" + (f"-{profile}" if profile else ""))
@@ -135,37 +164,70 @@ class Pipeline:
         sft_cfg = {"model": model, "seed": seed, **(r.get("sft") or {})}
         self._upstream = inst_key
 
-        def sft_fn(out):
-            import shutil
-
+        def sft_train(work: Path):
             from recalign.trainers.sft import RecSFTConfig, train
 
-            # Checkpoints survive an interruption in <out>.work and are resumed, but only
-            # when they were made with the same settings.
-            work = out.with_name(out.name + ".work")
-            stamp = work / "recalign_settings.json"
-            want = json.dumps(sft_cfg, sort_keys=True, default=str)
-            if work.exists() and (not stamp.is_file() or stamp.read_text() != want):
-                shutil.rmtree(work)
-            work.mkdir(parents=True, exist_ok=True)
-            stamp.write_text(want)
             train(RecSFTConfig(data=str(inst), output_dir=str(work), resume=True, **sft_cfg))
-            if out.exists():
-                shutil.rmtree(out)
-            work.rename(out)
-        sft = self.stage("sft", sft_cfg, sft_fn)
+        sft = self.stage("sft", sft_cfg, lambda out: _resumable(out, sft_cfg, sft_train))
         sft_key = self._upstream
         for g in grounded:
             self._upstream = sft_key
             evaluate("sft", str(sft), g)
 
+        curves = {}
+        for method, settings in (r.get("rl") or {}).items():
+            cfg = {"model": model, "seed": seed, "adapter": str(sft), "data": str(inst), **(settings or {})}
+            self._upstream = sft_key
+            out = self.stage(method, cfg, lambda out, m=method, c=cfg: _resumable(
+                out, c, lambda work: _train_rl(m, c, work)))
+            rl_key = self._upstream
+            card = out / "card.json"
+            if card.is_file():
+                curves[method] = json.loads(card.read_text()).get("log_history", [])
+            for g in grounded:
+                self._upstream = rl_key
+                evaluate(method, str(out), g)
+
         report_dir = self.out / "report"
         report_dir.mkdir(parents=True, exist_ok=True)
-        write_report(report_dir, runs)
+        write_report(report_dir, runs, curves=curves)
         atomic_write(self.out / "pipeline.json", json.dumps(
             {"recipe": r, "ran": self.ran, "skipped": self.skipped}, indent=2, default=str))
         self.log(f"report: {report_dir / 'report.md'}")
         return report_dir
+
+
+def _resumable(out: Path, settings: dict, train: Callable[[Path], Any]) -> None:
+    """Train into ``<out>.work`` (checkpoints there survive an interruption and are resumed,
+    but only when they were made with the same settings), then rename it to ``out``."""
+    import shutil
+
+    work = out.with_name(out.name + ".work")
+    stamp = work / "recalign_settings.json"
+    want = json.dumps(settings, sort_keys=True, default=str)
+    if work.exists() and (not stamp.is_file() or stamp.read_text() != want):
+        shutil.rmtree(work)
+    work.mkdir(parents=True, exist_ok=True)
+    stamp.write_text(want)
+    train(work)
+    if out.exists():
+        shutil.rmtree(out)
+    work.rename(out)
+
+
+def _train_rl(method: str, cfg: dict, work: Path) -> None:
+    if method == "ppo":
+        from recalign.trainers.ppo import RecPPOConfig, train
+
+        train(RecPPOConfig(output_dir=str(work), resume=True, **cfg))
+    elif method in ("grpo", "rloo"):
+        from recalign.trainers.grpo import CONFIGS, train
+
+        train(CONFIGS[method](output_dir=str(work), resume=True, **cfg), method)
+    else:
+        from recalign.trainers.asft import RecASFTConfig, train
+
+        train(RecASFTConfig(output_dir=str(work), resume=True, **cfg))
 
 
 def main_pipeline(recipe: str, profile: str | None = None, overrides: dict | None = None) -> Path:

@@ -52,8 +52,9 @@ class RewardContext:
 
 
 def load_reward_context(inst_dir: str | Path, teacher: str | Path | None = None,
-                        fuzzy: bool = False) -> RewardContext:
-    """The dataset and teacher that built ``inst_dir`` (from its card.json)."""
+                        fuzzy: bool = False, load_teacher: bool = True) -> RewardContext:
+    """The dataset and teacher that built ``inst_dir`` (from its card.json); without
+    ``load_teacher`` only the dataset (rank rewards then use the target only)."""
     card_path = Path(inst_dir) / "card.json"
     if not card_path.is_file():
         raise DataError(f"{inst_dir}: no card.json; build instruction data with `recalign data build --out {inst_dir}`")
@@ -63,7 +64,7 @@ def load_reward_context(inst_dir: str | Path, teacher: str | Path | None = None,
         raise DataError(f"{card_path}: field config.data ({data_dir!r}) is not an existing dataset directory; "
                         "rebuild with `recalign data build`")
     ds = RecDataset.load(data_dir)
-    teacher_dir = teacher or cfg.get("teacher")
+    teacher_dir = (teacher or cfg.get("teacher")) if load_teacher else None
     t = None
     if teacher_dir:
         if not Path(teacher_dir).is_dir():

@@ -131,6 +131,8 @@ def train(cfg: RecSFTConfig) -> Path:
                          processing_class=tok, peft_config=lora_config(cfg, model))
     trainer.train(resume_from_checkpoint=last)
     trainer.save_model(str(out))
+    if not trainer.accelerator.is_main_process:
+        return out
     base = resolve_model(cfg.model)
     inputs = {"train_jsonl": sha256_file(Path(cfg.data) / "train.jsonl")} \
         if (Path(cfg.data) / "train.jsonl").is_file() else {}

@@ -8,7 +8,7 @@ MODULES = [
     "recalign.data.catalog", "recalign.data.prepare", "recalign.teacher.metrics",
     "recalign.templates.render", "recalign.tasks.spec",
     "recalign.rewards.parser", "recalign.rewards.reclm", "recalign.rewards.adapters", "recalign.rewards.asft",
-    "recalign.eval.metrics", "recalign.eval.retention",
+    "recalign.eval.metrics", "recalign.eval.retention", "recalign.trainers.ppo",
 ]
 
 

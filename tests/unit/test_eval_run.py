@@ -17,15 +17,21 @@ def _run_metrics(name, hr, grounded=False):
             "teacher": {"HR": 0.3, "NDCG": 0.15, "n_samples": 10},
             "retention": {"mmlu": {"accuracy": 0.31, "n": 57}, "gsm8k": {"accuracy": 0.02, "n": 50}},
             "by_history_length": {"1-3": {"HR": 0.1, "n": 3}, "10+": {"HR": 0.2, "n": 7}},
+            "judge": {"mean_rating": 3.5 + hr, "coverage": 0.25, "n_known": 5, "n_recommended": 20},
             "provenance": {"git_commit": "abc", "seed": 0, "inputs": {"test.jsonl": "f" * 64}, "versions": {}}}
 
 
 def test_report_has_every_section(tmp_path):
-    path = write_report(tmp_path, [_run_metrics("base", 0.1), _run_metrics("sft", 0.2, grounded=True)])
+    curves = {"ppo": [{"step": 1, "reward/list": -1.0, "kl": 0.0}, {"step": 2, "reward/list": 0.5, "kl": 0.02}],
+              "grpo": [{"step": 1, "rewards/recalign_list_reward/mean": 1.0, "kl": 0.0, "loss": 0.1}]}
+    path = write_report(tmp_path, [_run_metrics("base", 0.1), _run_metrics("sft", 0.2, grounded=True)], curves)
     text = path.read_text()
     for heading in ("## Recommendation metrics (exact title matching)", "## Recommendation metrics (fuzzy",
-                    "## Retention", "## Plots", "## Provenance"):
+                    "## Reward as judge (I0)", "## Retention", "## Plots", "## Training curves", "## Provenance"):
         assert heading in text
+    assert "| sft (grounded) | 3.700 | 25.0% | 5 / 20 |" in text
+    assert "| ppo | 2 | -1.000 → 0.500 | 0.0200 | – |" in text and "| grpo | 1 | 1.000 → 1.000 | 0.0000 |" in text
+    assert (tmp_path / "plots" / "training_curves.png").read_bytes()[:4] == b"\x89PNG"
     assert "| I0 | base | 10 | 0.1000 | 0.0500 |" in text
     assert "| I0 | sft (grounded) | 10 | 0.2000 |" in text
     assert "| I0 | SASRec teacher (reference) | 10 | 0.3000 | 0.1500 |" in text
@@ -53,6 +59,8 @@ def test_eval_end_to_end_on_tiny_model(setup):
     assert len(gens) == 6 and all("answer" in g and g["metrics"]["K"] == 10 for g in gens)
     report = (out / "report.md").read_text()
     assert "| I1- | tiny | 2 |" in report
+    j = m["judge"]                                  # I0 answers judged by the logged ratings
+    assert 0 <= j["n_known"] <= j["n_recommended"] and "## Reward as judge (I0)" in report
 
 
 def test_adapter_from_another_base_is_refused(setup, tmp_path):

@@ -11,7 +11,9 @@ from recalign.pipeline import Pipeline, load_recipe
 ROOT = Path(__file__).resolve().parents[2]
 RECIPE = ROOT / "recipes" / "ml100k-smollm2.yaml"
 TINY = {"model": "tiny-random", "build": {"max_users": 12}, "sft": {"max_steps": 2, "save_steps": 2},
-        "eval": {"limit": 2, "max_new_tokens": 16}, "teacher": {"epochs": 1, "hidden": 16, "inner": 32}}
+        "eval": {"limit": 2, "max_new_tokens": 16}, "teacher": {"epochs": 1, "hidden": 16, "inner": 32},
+        "rl": {"ppo": {"steps": 2, "prompts_per_step": 2, "max_new_tokens": 12, "ppo_epochs": 1,
+                       "lora_top_layers": None}}}
 
 
 def test_quick_profile_runs_then_skips_then_redoes_only_what_changed(tmp_path, monkeypatch):
@@ -19,20 +21,24 @@ def test_quick_profile_runs_then_skips_then_redoes_only_what_changed(tmp_path, m
     recipe = load_recipe(RECIPE, "quick", {**TINY, "out": str(tmp_path / "run")})
     p = Pipeline(recipe, log=lambda s: None)
     report = p.run()
-    assert p.ran == ["data", "teacher", "inst", "eval-base", "sft", "eval-sft"]
+    assert p.ran == ["data", "teacher", "inst", "eval-base", "sft", "eval-sft", "ppo", "eval-ppo"]
     text = (report / "report.md").read_text()
     assert "| I0 | base |" in text and "| I0 | sft |" in text and "SASRec teacher (reference)" in text
+    assert "| I0 | ppo |" in text and "## Training curves" in text and "| ppo | 2 |" in text
+    assert (report / "plots" / "training_curves.png").is_file()
     assert (tmp_path / "run" / "sft" / "adapter_model.safetensors").is_file()
+    ppo_cfg = json.loads((tmp_path / "run" / "ppo" / "adapter_config.json").read_text())
+    assert ppo_cfg["r"] == 16 + 4                                # SFT and PPO stacked into one adapter
 
     again = Pipeline(recipe, log=lambda s: None)
     again.run()
-    assert again.ran == [] and len(again.skipped) == 6
+    assert again.ran == [] and len(again.skipped) == 8
 
     changed = load_recipe(RECIPE, "quick", {**TINY, "out": str(tmp_path / "run"),
                                              "sft": {"max_steps": 3, "save_steps": 3}})
     third = Pipeline(changed, log=lambda s: None)
     third.run()
-    assert third.ran == ["sft", "eval-sft"]
+    assert third.ran == ["sft", "eval-sft", "ppo", "eval-ppo"]      # everything downstream of SFT
     card = json.loads((tmp_path / "run" / "sft" / "card.json").read_text())
     assert card["config"]["max_steps"] == 3
 
@@ -46,6 +52,22 @@ def test_recipe_errors(tmp_path):
         load_recipe(bad)
     with pytest.raises(DataError, match="file not found"):
         load_recipe(tmp_path / "none.yaml")
+
+
+def test_method_recipes_extend_the_main_one(tmp_path):
+    grpo = load_recipe(ROOT / "recipes" / "ml100k-smollm2-grpo.yaml", "quick")
+    assert list(grpo["rl"]) == ["grpo"] and grpo["rl"]["grpo"]["max_steps"] == 3      # quick applied
+    assert grpo["sft"] == load_recipe(RECIPE, "quick")["sft"] and grpo["out"] == "runs/ml100k-smollm2"
+    both = load_recipe(ROOT / "recipes" / "ml100k-smollm2-compare.yaml")
+    assert list(both["rl"]) == ["ppo", "grpo", "rloo", "asft"]
+    bad = tmp_path / "r.yaml"
+    bad.write_text(f"extends: {RECIPE}\nrl:\n  dpo: {{}}\n")
+    with pytest.raises(DataError, match="rl method 'dpo' unknown"):
+        load_recipe(bad)
+    loop = tmp_path / "loop.yaml"
+    loop.write_text("extends: loop.yaml\n")
+    with pytest.raises(DataError, match="cycle"):
+        load_recipe(loop)
 
 
 def test_profile_merges_nested_sections():
