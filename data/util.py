@@ -54,13 +54,14 @@ def atomic_dir(final: str | os.PathLike, overwrite: bool = False) -> Iterator[Pa
             shutil.rmtree(tmp, ignore_errors=True)
 
 
-def atomic_write(path: str | os.PathLike, text: str) -> None:
+def atomic_write(path: str | os.PathLike, text: str | bytes) -> None:
+    """Write ``text`` (str as UTF-8, or bytes) to a temp file beside ``path``, then rename."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
+        with os.fdopen(fd, "wb") as f:
+            f.write(text if isinstance(text, bytes) else text.encode("utf-8"))
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):

@@ -201,6 +201,42 @@ def cmd_pipeline(args) -> int:
     return 0
 
 
+def _sets(items) -> dict:
+    import yaml
+
+    from recalign.data.util import DataError
+
+    out: dict = {}
+    for item in items or []:
+        key, eq, value = item.partition("=")
+        if not eq:
+            raise DataError(f"--set {item!r}: expected KEY=VALUE, e.g. --set rounds=1")
+        out[key] = yaml.safe_load(value)
+    return out
+
+
+def cmd_rlrf4rec(args) -> int:
+    import yaml
+
+    from recalign.data.util import DataError, suggest
+    from recalign.trainers.rlrf4rec import RLRF4RecConfig, run
+
+    path = Path(args.recipe)
+    if not path.is_file():
+        raise DataError(f"--recipe {path}: file not found (recipes live in recipes/)")
+    values = {**(yaml.safe_load(path.read_text()) or {}), **_sets(args.set)}
+    names = {f.name for f in dataclasses.fields(RLRF4RecConfig)}
+    for k in values:
+        if k not in names:
+            raise DataError(f"{path}: unknown key {k!r}{suggest(k, names)}")
+    try:
+        cfg = RLRF4RecConfig(**values)
+    except ValueError as e:
+        raise DataError(f"{path}: {e}") from None
+    print(f"wrote {run(cfg)}")
+    return 0
+
+
 # ----------------------------------------------------------------------------- parser
 
 
@@ -303,6 +339,10 @@ def build_parser() -> argparse.ArgumentParser:
     pl.add_argument("--set", action="append", metavar="KEY=VALUE",
                     help="override a recipe value, e.g. --set model=tiny-random --set sft.max_steps=5")
     pl.set_defaults(func=cmd_pipeline)
+    rr = sub.add_parser("rlrf4rec", help="RLRF4Rec: LLM knowledge -> KAR reranker feedback -> DPO, for R rounds")
+    rr.add_argument("--recipe", required=True, help="flat YAML of RLRF4RecConfig fields (recipes/rlrf4rec-*.yaml)")
+    rr.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a recipe value, e.g. --set rounds=1")
+    rr.set_defaults(func=cmd_rlrf4rec)
     return p
 
 

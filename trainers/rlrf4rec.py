@@ -1,0 +1,463 @@
+"""RLRF4Rec: the LLM writes user-preference knowledge, a knowledge-augmented reranker scores
+it, DPO on the best and worst texts aligns the LLM (REFERENCE.md §2), for R rounds.
+
+Round 0: the starting LLM writes one (greedy) knowledge text per user; a frozen encoder
+(mean-pooled last hidden states, ``models/encoder.py``) turns knowledge and item facts into
+vectors; KAR-style rerankers (hybrid-expert adapter + DLCM or PRM backbone,
+``teacher/kar.py``) are trained on lists of 10 items per user three ways: item ids only,
+item facts with zero user knowledge (item vectors help on their own, so this is the
+baseline that isolates the user knowledge), and item facts + user knowledge; each is
+measured on the users' held-out test lists (NDCG@K with gain 2^rel − 1, MAP@K).
+
+Round r ≥ 1: the current LLM samples ``samples`` texts per user; each is scored by the
+reranker trained on round r − 1's knowledge (the first backbone) as that user's NDCG@K on
+their validation list with the text in place of the user's knowledge; the best text is
+"chosen" and the worst "rejected" (users whose texts all score the same give no pair and
+are counted); TRL's ``DPOTrainer`` (LoRA on the round r − 1 policy, whose adapters-disabled
+state is the reference; β 0.01, sigmoid or IPO loss) trains on the pairs; the new LLM writes
+fresh greedy knowledge, the rerankers are retrained on it and measured on the test lists.
+
+Each round is one directory (``round-<r>``: knowledge.jsonl, pairs.jsonl, adapter/ (SFT
+chain stacked into one adapter), metrics.json), written atomically; a finished round is
+skipped on re-run, so an interrupted loop resumes at the next round. ``report.md`` compares
+no knowledge / base-LLM knowledge / rounds 1..R per backbone, with plots.
+
+    recalign rlrf4rec --recipe recipes/rlrf4rec-ml100k-smollm2.yaml
+    python -m recalign.trainers.rlrf4rec --config recipes/rlrf4rec-ml100k-smollm2.yaml --rounds 1
+"""
+from __future__ import annotations
+
+import json
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+FACTORS = ["genre", "director/actors", "time period/country", "character", "plot/theme", "mood/tone",
+           "critical acclaim", "production quality", "soundtrack"]
+SYSTEM = "You are an expert in movies and in people's tastes."
+
+
+@dataclass
+class RLRF4RecConfig:
+    # model and data
+    model: str = field(default="smollm2-135m-instruct", metadata={"help": "the LLM that writes knowledge"})
+    adapter: str | None = field(default=None, metadata={"help": "adapter to start from (e.g. an SFT output)"})
+    data: str | None = field(default=None, metadata={"help": "dataset directory from `recalign data prepare`"})
+    output_dir: str = field(default="runs/rlrf4rec", metadata={"help": "rounds, report.md"})
+    max_users: int | None = field(default=100, metadata={"help": "the first N users with enough ratings"})
+    history_len: int = field(default=20, metadata={"help": "rated items shown in the user prompt"})
+    seed: int = field(default=42, metadata={"help": "seed for lists, sampling and training"})
+    # knowledge generation
+    rounds: int = field(default=2, metadata={"help": "DPO rounds (paper: gains saturate after 2)"})
+    samples: int = field(default=4, metadata={"help": "N knowledge texts sampled per user and round"})
+    temperature: float = field(default=0.9, metadata={"help": "sampling temperature of the N texts"})
+    top_p: float = field(default=0.95, metadata={"help": "nucleus sampling of the N texts"})
+    max_new_tokens: int = field(default=160, metadata={"help": "knowledge text length cap"})
+    gen_batch_size: int = field(default=16, metadata={"help": "prompts per generate call"})
+    item_knowledge: str = field(default="metadata", metadata={
+        "help": "'metadata' (title, year, genres as the item facts) or 'generate' (the LLM writes item facts)"})
+    encoder: str | None = field(default=None, metadata={"help": "frozen encoder model (default: --model)"})
+    # reranker (teacher/config.py KARConfig) and the score of a text
+    backbones: str = field(default="dlcm,prm", metadata={"help": "reranking backbones; the first one scores texts"})
+    score_metric: str = field(default="NDCG@5", metadata={"help": "per-user score of a text: NDCG@K or MAP@K"})
+    list_len: int = field(default=10, metadata={"help": "items per reranking list"})
+    n_pos: int = field(default=5, metadata={"help": "interacted items per list (the rest: random negatives)"})
+    max_train_lists: int = field(default=4, metadata={"help": "training lists per user"})
+    kar_epochs: int = field(default=40, metadata={"help": "reranker epochs (early stopping on valid NDCG@5)"})
+    kar_patience: int = field(default=8, metadata={"help": "reranker early-stopping patience (PRM starts slowly)"})
+    # DPO (TRL DPOTrainer + LoRA)
+    beta: float = field(default=0.01, metadata={"help": "DPO beta (RLRF4Rec: 0.01)"})
+    loss_type: str = field(default="sigmoid", metadata={"help": "DPO loss: sigmoid or ipo"})
+    learning_rate: float = field(default=5e-5, metadata={"help": "DPO learning rate (RLRF4Rec: 5e-5)"})
+    per_device_train_batch_size: int = field(default=2, metadata={"help": "DPO batch (RLRF4Rec: 2)"})
+    gradient_accumulation_steps: int = field(default=8, metadata={"help": "RLRF4Rec: 8"})
+    num_train_epochs: float = field(default=3.0, metadata={"help": "DPO epochs per round (RLRF4Rec: 3)"})
+    max_steps: int = field(default=-1, metadata={"help": "cap DPO steps per round (-1: epochs decide)"})
+    max_length: int = field(default=1024, metadata={"help": "DPO prompt + answer tokens"})
+    lora_r: int = field(default=8, metadata={"help": "LoRA rank of each round's adapter"})
+    lora_alpha: int = field(default=16, metadata={"help": "LoRA alpha"})
+    lora_dropout: float = field(default=0.05, metadata={"help": "LoRA dropout"})
+    lora_target_modules: str = field(default="all-linear", metadata={"help": "'all-linear' or comma-separated names"})
+    lora_top_layers: int | None = field(default=None, metadata={"help": "LoRA only on the last N decoder layers"})
+
+    def __post_init__(self):
+        problems = []
+        if self.loss_type not in ("sigmoid", "ipo"):
+            problems.append(f"loss_type must be 'sigmoid' or 'ipo', got {self.loss_type!r}")
+        if self.item_knowledge not in ("metadata", "generate"):
+            problems.append(f"item_knowledge must be 'metadata' or 'generate', got {self.item_knowledge!r}")
+        if self.samples < 2:
+            problems.append(f"samples must be >= 2 (a best and a worst text), got {self.samples}")
+        kind, _, k = self.score_metric.partition("@")
+        if kind not in ("NDCG", "MAP") or not k.isdigit():
+            problems.append(f"score_metric must look like NDCG@5 or MAP@5, got {self.score_metric!r}")
+        if self.rounds < 0 or self.beta <= 0:
+            problems.append("rounds must be >= 0 and beta > 0")
+        if problems:
+            raise ValueError("; ".join(problems))
+
+    @property
+    def k(self) -> int:
+        return int(self.score_metric.split("@")[1])
+
+
+# --------------------------------------------------------------------------- prompts
+def user_prompts(ds, users: Sequence[int], cut: dict, history_len: int) -> list[list[dict]]:
+    """The knowledge prompt per user: description (where the data has one) and the last
+    ``history_len`` rated items before ``cut[u]`` (valid/test items never appear)."""
+    from recalign.templates.render import Renderer
+
+    r = Renderer()
+    desc = {}
+    if ds.users is not None:
+        cols = [c for c in ("age", "gender", "occupation") if c in ds.users.columns]
+        for row in ds.users[["user_idx", *cols]].itertuples(index=False):
+            desc[int(row[0])] = {c: v for c, v in zip(cols, row[1:]) if v is not None and str(v) != "nan"}
+    titles = ds.catalog.titles
+    cats = ds.items.set_index("item_idx")["categories"].to_dict() if "categories" in ds.items.columns else {}
+    top = float(np.nanmax(np.concatenate(ds.ratings))) if ds.ratings is not None else 5.0
+    out = []
+    for u in users:
+        n = cut[u]
+        seq = ds.sequences[u][:n][-history_len:]
+        rat = ds.ratings[u][:n][-history_len:] if ds.ratings is not None else [top] * len(seq)
+        hist = [{"title": titles[i], "rating": float(x), "categories": list(cats.get(int(i), ()))}
+                for i, x in zip(seq, rat)]
+        text = r.render("knowledge_user.jinja", user=desc.get(int(u), {}), history=hist,
+                        max_rating=int(top), factors=FACTORS)
+        out.append([{"role": "system", "content": SYSTEM}, {"role": "user", "content": text}])
+    return out
+
+
+def item_prompts(ds) -> list[list[dict]]:
+    from recalign.templates.render import Renderer
+
+    r = Renderer()
+    out = []
+    for row in ds.items.itertuples(index=False):
+        year = getattr(row, "year", None)
+        cats = list(getattr(row, "categories", ()))
+        text = r.render("knowledge_item.jinja", title=row.title, year=year if year and str(year) != "nan" else None,
+                        categories=cats, factors=FACTORS)
+        out.append([{"role": "system", "content": SYSTEM}, {"role": "user", "content": text}])
+    return out
+
+
+def item_metadata_texts(ds) -> list[str]:
+    """Item facts without an LLM: "Title (year): genre, genre" (index 0 = padding, empty)."""
+    out = [""]
+    for row in ds.items.itertuples(index=False):
+        year = getattr(row, "year", None)
+        cats = ", ".join(getattr(row, "categories", ()))
+        out.append(f"{row.title}" + (f" ({year})" if year and str(year) != "nan" else "") + (f": {cats}" if cats else ""))
+    return out
+
+
+# --------------------------------------------------------------------------- selection
+def select_pairs(scores: Sequence[Sequence[float]]) -> list[tuple[int, int] | None]:
+    """Per user, (best, worst) sample indices by score: the first best, the last worst; None
+    when every sample scores the same (no preference to learn). NaN counts as worst.
+
+    >>> select_pairs([[0.2, 0.9, 0.1], [0.5, 0.5], [0.3, float("nan"), 0.3]])
+    [(1, 2), None, (0, 1)]
+    """
+    out = []
+    for s in scores:
+        v = np.nan_to_num(np.asarray(s, dtype=np.float64), nan=-np.inf)
+        best, worst = int(np.argmax(v)), int(len(v) - 1 - np.argmin(v[::-1]))
+        out.append(None if v[best] == v[worst] else (best, worst))
+    return out
+
+
+# --------------------------------------------------------------------------- the loop
+class RLRF4RecLoop:
+    def __init__(self, cfg: RLRF4RecConfig, log=None):
+        from recalign.data import RecDataset
+        from recalign.data.util import DataError
+        from recalign.teacher.kar import build_rerank_lists
+
+        if cfg.data is None:
+            raise DataError("--data is required: a dataset directory from `recalign data prepare`")
+        self.cfg = cfg
+        self.log = log or (lambda s: print(s, file=sys.stderr, flush=True))
+        self.out = Path(cfg.output_dir)
+        self.ds = RecDataset.load(cfg.data)
+        if self.ds.ratings is None:
+            raise DataError(f"{cfg.data}: RLRF4Rec needs ratings (labels are rating >= 4)")
+        self.train_l, self.valid_l, self.test_l, self.info = build_rerank_lists(
+            self.ds, users=None, list_len=cfg.list_len, n_pos=cfg.n_pos, max_train_lists=cfg.max_train_lists,
+            seed=cfg.seed)
+        users = sorted(set(int(u) for u in self.test_l.users))
+        if cfg.max_users:
+            keep = set(users[:cfg.max_users])
+            self.train_l, self.valid_l, self.test_l = (self._subset(x, keep) for x in
+                                                       (self.train_l, self.valid_l, self.test_l))
+            users = sorted(keep)
+        self.users = users
+        self.pos = {u: i for i, u in enumerate(users)}
+        self.prompts = user_prompts(self.ds, users, self.info["knowledge_cut"], cfg.history_len)
+        self._encoder = None
+
+    @staticmethod
+    def _subset(lists, keep: set):
+        return lists.subset(np.array([int(u) in keep for u in lists.users], dtype=bool))
+
+    @property
+    def encoder(self):
+        if self._encoder is None:
+            from recalign.models.encoder import KnowledgeEncoder
+
+            self._encoder = KnowledgeEncoder(self.cfg.encoder or self.cfg.model,
+                                             cache_file=self.out / "encoder_cache.npz")
+        return self._encoder
+
+    # ----- generation
+    def _generate(self, adapter: str | None, prompts, n: int, greedy: bool, seed: int) -> list[list[str]]:
+        from recalign.eval.backends import HFBackend, Sampling
+
+        be = HFBackend(self.cfg.model, adapter, batch_size=self.cfg.gen_batch_size)
+        s = Sampling(self.cfg.max_new_tokens, seed=seed) if greedy else \
+            Sampling(self.cfg.max_new_tokens, temperature=self.cfg.temperature, top_p=self.cfg.top_p, seed=seed)
+        flat = be.generate([p for p in prompts for _ in range(n)], s)
+        return [flat[i * n:(i + 1) * n] for i in range(len(prompts))]
+
+    def item_vectors(self) -> np.ndarray:
+        path = self.out / "item_knowledge.jsonl"
+        if path.is_file():
+            texts = [json.loads(x)["text"] for x in path.read_text().splitlines()]
+        else:
+            if self.cfg.item_knowledge == "metadata":
+                texts = item_metadata_texts(self.ds)
+            else:
+                texts = [""] + [g[0] for g in self._generate(self.cfg.adapter, item_prompts(self.ds), 1, True,
+                                                              self.cfg.seed)]
+            from recalign.data.util import atomic_write
+
+            atomic_write(path, "".join(json.dumps({"item_idx": i, "text": t}) + "\n" for i, t in enumerate(texts)))
+        return self.encoder.encode(texts)
+
+    # ----- reranker
+    def _kar_cfg(self, backbone: str):
+        from recalign.teacher.config import KARConfig
+
+        return KARConfig(backbone=backbone, epochs=self.cfg.kar_epochs, patience=self.cfg.kar_patience,
+                         seed=self.cfg.seed)
+
+    def _per_list(self, lists, user_vecs: np.ndarray | None) -> np.ndarray | None:
+        return None if user_vecs is None else user_vecs[[self.pos[int(u)] for u in lists.users]]
+
+    def train_eval(self, backbone: str, user_vecs, item_vecs) -> tuple[object, dict]:
+        """A reranker trained with (or without: ``user_vecs=None``) knowledge, and its test metrics."""
+        from recalign.teacher.kar import score_lists, train_reranker
+        from recalign.teacher.metrics import rerank_metrics
+
+        iv = item_vecs if user_vecs is not None else None
+        model, _ = train_reranker(self.train_l, self.valid_l, self._kar_cfg(backbone),
+                                  user_vecs=self._per_list(self.train_l, user_vecs), item_vecs=iv,
+                                  valid_user_vecs=self._per_list(self.valid_l, user_vecs))
+        scores = score_lists(model, self.test_l, user_vecs=self._per_list(self.test_l, user_vecs), item_vecs=iv)
+        return model, rerank_metrics(scores, self.test_l.labels)
+
+    def score_texts(self, scorer, cand_vecs: np.ndarray, item_vecs: np.ndarray) -> np.ndarray:
+        """[n_users, N] score_metric of each candidate on its user's validation list."""
+        from recalign.teacher.kar import score_lists
+        from recalign.teacher.metrics import rerank_metrics
+
+        n_users, n = cand_vecs.shape[:2]
+        vl = {int(u): i for i, u in enumerate(self.valid_l.users)}
+        rep = self.valid_l.subset([vl[u] for u in self.users for _ in range(n)])
+        scores = score_lists(scorer, rep, user_vecs=cand_vecs.reshape(n_users * n, -1), item_vecs=item_vecs)
+        per = rerank_metrics(scores, rep.labels, ks=(self.cfg.k,), per_list=True)
+        return np.asarray(per[self.cfg.score_metric]).reshape(n_users, n)
+
+    # ----- DPO
+    def dpo(self, prev_adapter: str | None, rows: list[dict], work: Path) -> Path:
+        import datasets
+        from trl import DPOConfig, DPOTrainer
+
+        from recalign.models.adapters import load_policy, stack_adapters
+        from recalign.trainers.sft import lora_config
+
+        import torch
+
+        cfg = self.cfg
+        model, tok = load_policy(cfg.model, prev_adapter)
+        tok.padding_side = "right"
+        args = DPOConfig(output_dir=str(work / "dpo"), beta=cfg.beta, loss_type=[cfg.loss_type],
+                         learning_rate=cfg.learning_rate, per_device_train_batch_size=cfg.per_device_train_batch_size,
+                         gradient_accumulation_steps=cfg.gradient_accumulation_steps,
+                         num_train_epochs=cfg.num_train_epochs, max_steps=cfg.max_steps, max_length=cfg.max_length,
+                         logging_steps=1, save_strategy="no", report_to=[], seed=cfg.seed,
+                         gradient_checkpointing=False, use_cpu=not torch.cuda.is_available(), bf16=False,
+                         disable_tqdm=False)
+        trainer = DPOTrainer(model=model, args=args, train_dataset=datasets.Dataset.from_list(rows),
+                             processing_class=tok, peft_config=lora_config(cfg, model))
+        trainer.train()
+        new = work / "dpo_adapter"
+        trainer.save_model(str(new))
+        self._dpo_log = trainer.state.log_history
+        if prev_adapter:
+            return stack_adapters(prev_adapter, new, work / "adapter")
+        import shutil
+
+        return Path(shutil.copytree(new, work / "adapter"))      # dpo_adapter/ stays: this round's LoRA alone
+
+    # ----- rounds
+    def run(self) -> Path:
+        from recalign.data.util import atomic_dir, provenance, write_json
+
+        cfg = self.cfg
+        self.out.mkdir(parents=True, exist_ok=True)
+        backbones = [b.strip() for b in cfg.backbones.split(",") if b.strip()]
+        item_vecs = self.item_vectors()
+        results: list[dict] = []
+        adapter = cfg.adapter
+        for r in range(cfg.rounds + 1):
+            rdir = self.out / f"round-{r}"
+            if (rdir / "metrics.json").is_file():
+                res = json.loads((rdir / "metrics.json").read_text())
+                self.log(f"[round {r}] done before, skipped")
+                results.append(res)
+                adapter = res.get("adapter") or adapter
+                continue
+            t0 = time.perf_counter()
+            with atomic_dir(rdir, overwrite=True) as tmp:
+                res = {"round": r, "users": len(self.users), "skipped_users": self.info.get("skipped_users", 0)}
+                if r > 0:
+                    prev_vecs = self._knowledge_vecs(self.out / f"round-{r - 1}")
+                    scorer, _ = self.train_eval(backbones[0], prev_vecs, item_vecs)
+                    self.log(f"[round {r}] sampling {cfg.samples} texts for {len(self.users)} users")
+                    cands = self._generate(adapter, self.prompts, cfg.samples, False, cfg.seed + r)
+                    cand_vecs = self.encoder.encode([t for c in cands for t in c]).reshape(len(self.users), cfg.samples, -1)
+                    scores = self.score_texts(scorer, cand_vecs, item_vecs)
+                    pairs = select_pairs(scores)
+                    rows = [{"prompt": p, "chosen": [{"role": "assistant", "content": c[b]}],
+                             "rejected": [{"role": "assistant", "content": c[w]}]}
+                            for p, c, bw in zip(self.prompts, cands, pairs) if bw for b, w in [bw]]
+                    with open(tmp / "pairs.jsonl", "w", encoding="utf-8") as f:
+                        for u, c, s, bw in zip(self.users, cands, scores, pairs):
+                            f.write(json.dumps({"user_idx": u, "texts": c, "scores": s.tolist(),
+                                                "chosen": bw[0] if bw else None,
+                                                "rejected": bw[1] if bw else None}) + "\n")
+                    res.update(pairs=len(rows), tied_users=sum(bw is None for bw in pairs),
+                               empty_texts=sum(not t.strip() for c in cands for t in c),
+                               candidate_score_mean=float(np.mean(scores)),
+                               chosen_minus_rejected=float(np.mean([s[b] - s[w] for s, bw in zip(scores, pairs)
+                                                                    if bw for b, w in [bw]])) if rows else 0.0)
+                    if not rows:
+                        raise RuntimeError(f"round {r}: every user's {cfg.samples} texts scored the same; "
+                                           "nothing to learn (raise --samples or --temperature)")
+                    self.log(f"[round {r}] DPO on {len(rows)} pairs")
+                    adapter_dir = self.dpo(adapter, rows, tmp)
+                    res["dpo_log"] = self._dpo_log
+                    final_adapter = rdir / "adapter"
+                    res["adapter"] = str(final_adapter)
+                    gen_adapter = str(adapter_dir)
+                else:
+                    gen_adapter = adapter
+                    res["adapter"] = adapter
+                texts = [c[0] for c in self._generate(gen_adapter, self.prompts, 1, True, cfg.seed)]
+                with open(tmp / "knowledge.jsonl", "w", encoding="utf-8") as f:
+                    for u, t in zip(self.users, texts):
+                        f.write(json.dumps({"user_idx": u, "text": t}) + "\n")
+                vecs = self.encoder.encode(texts)
+                res["metrics"] = {}
+                for b in backbones:
+                    if r == 0:
+                        # item facts help on their own (extra item features): the "items only" row
+                        # (zero user knowledge) is the baseline that isolates the user knowledge
+                        res.setdefault("no_knowledge", {})[b] = self.train_eval(b, None, item_vecs)[1]
+                        res.setdefault("items_only", {})[b] = self.train_eval(
+                            b, np.zeros_like(vecs), item_vecs)[1]
+                    res["metrics"][b] = self.train_eval(b, vecs, item_vecs)[1]
+                res["empty_knowledge"] = sum(not t.strip() for t in texts)
+                res["seconds"] = round(time.perf_counter() - t0, 1)
+                write_json(tmp / "metrics.json", res)
+            self.encoder.save()
+            self.log(f"[round {r}] " + ", ".join(f"{b} NDCG@5 {m['NDCG@5']:.4f}" for b, m in res["metrics"].items()))
+            results.append(res)
+            adapter = res.get("adapter") or adapter
+        report = write_rlrf4rec_report(self.out, results, backbones)
+        write_json(self.out / "card.json", provenance(
+            "trainers.rlrf4rec", asdict(cfg), seed=cfg.seed, inputs={"sequences": self.ds.fingerprint()},
+            users=len(self.users), rounds=[{k: v for k, v in r_.items() if k != "dpo_log"} for r_ in results]))
+        return report
+
+    def _knowledge_vecs(self, rdir: Path) -> np.ndarray:
+        rows = [json.loads(x) for x in (rdir / "knowledge.jsonl").read_text().splitlines()]
+        by_user = {int(x["user_idx"]): x["text"] for x in rows}
+        return self.encoder.encode([by_user.get(u, "") for u in self.users])
+
+
+def write_rlrf4rec_report(out: Path, results: list[dict], backbones: list[str]) -> Path:
+    """report.md: no knowledge / base-LLM knowledge / rounds per backbone, plus plots."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ks = (1, 3, 5, 7)
+    cols = [f"NDCG@{k}" for k in ks] + [f"MAP@{k}" for k in ks]
+    lines = ["# RLRF4Rec report", "",
+             f"{results[0]['users']} users ({results[0].get('skipped_users', 0)} skipped: too few ratings); "
+             "reranking lists of 10 items (interacted + random negatives), label = rating >= 4; "
+             "metrics on each user's held-out test list.", "",
+             "| backbone | knowledge | " + " | ".join(cols) + " |", "|---|---|" + "---|" * len(cols)]
+    for b in backbones:
+        for key, label in (("no_knowledge", "none (item ids only)"), ("items_only", "item facts, no user knowledge")):
+            nk = results[0].get(key, {}).get(b)
+            if nk:
+                lines.append(f"| {b} | {label} | " + " | ".join(f"{nk[c]:.4f}" for c in cols) + " |")
+        for res in results:
+            m = res["metrics"][b]
+            label = "base LLM" if res["round"] == 0 else f"DPO round {res['round']}"
+            lines.append(f"| {b} | {label} | " + " | ".join(f"{m[c]:.4f}" for c in cols) + " |")
+    rounds = [r for r in results if r["round"] > 0]
+    if rounds:
+        lines += ["", "| round | pairs | tied users | empty texts | mean candidate score | chosen − rejected |",
+                  "|---|---|---|---|---|---|"]
+        for r in rounds:
+            lines.append(f"| {r['round']} | {r['pairs']} | {r['tied_users']} | {r['empty_texts']} | "
+                         f"{r['candidate_score_mean']:.4f} | {r['chosen_minus_rejected']:.4f} |")
+    (out / "plots").mkdir(exist_ok=True)
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
+    for ax, metric in zip(axes, ("NDCG@5", "MAP@5")):
+        for b in backbones:
+            xs = [r["round"] for r in results]
+            line, = ax.plot(xs, [r["metrics"][b][metric] for r in results], marker="o", label=b)
+            nk = results[0].get("items_only", {}).get(b)
+            if nk:
+                ax.axhline(nk[metric], color=line.get_color(), linestyle="--", linewidth=1,
+                           label=f"{b}, no user knowledge")
+        ax.set_xlabel("round (0 = base LLM)")
+        ax.set_title(metric)
+    axes[0].legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out / "plots" / "rounds.png", dpi=90)
+    plt.close(fig)
+    lines += ["", "![plots/rounds.png](plots/rounds.png)", ""]
+    path = out / "report.md"
+    from recalign.data.util import atomic_write
+
+    atomic_write(path, "\n".join(lines))
+    return path
+
+
+def run(cfg: RLRF4RecConfig) -> Path:
+    return RLRF4RecLoop(cfg).run()
+
+
+def main(argv: list[str] | None = None) -> int:
+    from trl import TrlParser
+
+    (cfg,) = TrlParser((RLRF4RecConfig,)).parse_args_and_config(args=argv)
+    print(f"wrote {run(cfg)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
