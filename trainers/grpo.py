@@ -71,15 +71,9 @@ class _RecRLFields:
     _METHOD = ""                        # class attribute, not a field: "grpo" or "rloo"
 
     def __post_init__(self):
-        import torch
+        from recalign.trainers.sft import check_lora_fields
 
-        if self.data is None:
-            raise ValueError("--data is required: the directory written by `recalign data build`")
-        if not torch.cuda.is_available():
-            self.use_cpu = True
-            self.bf16 = False           # AMX bf16 autocast is opt-in via --bf16 on CPUs that have it
-        if self.lora_r < 1:
-            raise ValueError(f"lora_r must be >= 1, got {self.lora_r}")
+        check_lora_fields(self)
         if self.reward_weights is None:
             self.reward_weights = [1.0, float(self.format_reward_weight)]
         elif len(self.reward_weights) != 2:

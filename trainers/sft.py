@@ -41,16 +41,21 @@ class RecSFTConfig(SFTConfig):
     gradient_checkpointing: bool = field(default=False, metadata={"help": "recompute activations (saves memory)"})
 
     def __post_init__(self):
-        import torch
-
-        if self.data is None:
-            raise ValueError("--data is required: the directory written by `recalign data build`")
-        if not torch.cuda.is_available():
-            self.use_cpu = True
-            self.bf16 = False           # AMX bf16 autocast is opt-in via --bf16 on CPUs that have it
-        if self.lora_r < 1:
-            raise ValueError(f"lora_r must be >= 1, got {self.lora_r}")
+        check_lora_fields(self)
         super().__post_init__()
+
+
+def check_lora_fields(cfg) -> None:
+    """Shared by every LoRA trainer config on a TRL config: --data required, CPU defaults."""
+    import torch
+
+    if cfg.data is None:
+        raise ValueError("--data is required: the directory written by `recalign data build`")
+    if not torch.cuda.is_available():
+        cfg.use_cpu = True
+        cfg.bf16 = False            # AMX bf16 autocast is opt-in via --bf16 on CPUs that have it
+    if cfg.lora_r < 1:
+        raise ValueError(f"lora_r must be >= 1, got {cfg.lora_r}")
 
 
 def load_rows(cfg: RecSFTConfig):
