@@ -158,18 +158,26 @@ def item_metadata_texts(ds) -> list[str]:
 
 
 # --------------------------------------------------------------------------- selection
-def select_pairs(scores: Sequence[Sequence[float]]) -> list[tuple[int, int] | None]:
-    """Per user, (best, worst) sample indices by score: the first best, the last worst; None
-    when every sample scores the same (no preference to learn). NaN counts as worst.
+def select_pairs(scores: Sequence[Sequence[float]], tiebreak: Sequence[Sequence[float]] | None = None
+                 ) -> list[tuple[int, int] | None]:
+    """Per user, (best, worst) sample indices by score, ties broken by ``tiebreak`` (our
+    choice: NDCG@5 on a 10-item list takes few values, so texts often tie); among exact
+    ties the first is best and the last worst. None when every sample ties on both (no
+    preference to learn). NaN counts as worst.
 
     >>> select_pairs([[0.2, 0.9, 0.1], [0.5, 0.5], [0.3, float("nan"), 0.3]])
     [(1, 2), None, (0, 1)]
+    >>> select_pairs([[0.5, 0.5, 0.5]], tiebreak=[[0.1, 0.3, 0.2]])
+    [(1, 0)]
     """
     out = []
-    for s in scores:
+    for i, s in enumerate(scores):
         v = np.nan_to_num(np.asarray(s, dtype=np.float64), nan=-np.inf)
-        best, worst = int(np.argmax(v)), int(len(v) - 1 - np.argmin(v[::-1]))
-        out.append(None if v[best] == v[worst] else (best, worst))
+        t = np.zeros_like(v) if tiebreak is None else np.nan_to_num(np.asarray(tiebreak[i], dtype=np.float64),
+                                                                    nan=-np.inf)
+        order = sorted(range(len(v)), key=lambda j: (-v[j], -t[j], j))   # best first; worst last, latest
+        best, worst = order[0], order[-1]
+        out.append(None if (v[best], t[best]) == (v[worst], t[worst]) else (best, worst))
     return out
 
 
@@ -262,8 +270,9 @@ class RLRF4RecLoop:
         scores = score_lists(model, self.test_l, user_vecs=self._per_list(self.test_l, user_vecs), item_vecs=iv)
         return model, rerank_metrics(scores, self.test_l.labels)
 
-    def score_texts(self, scorer, cand_vecs: np.ndarray, item_vecs: np.ndarray) -> np.ndarray:
-        """[n_users, N] score_metric of each candidate on its user's validation list."""
+    def score_texts(self, scorer, cand_vecs: np.ndarray, item_vecs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """[n_users, N] score_metric of each candidate on its user's validation list, and the
+        tie-break: the softmax mass the reranker puts on the list's positives."""
         from recalign.teacher.kar import score_lists
         from recalign.teacher.metrics import rerank_metrics
 
@@ -272,7 +281,9 @@ class RLRF4RecLoop:
         rep = self.valid_l.subset([vl[u] for u in self.users for _ in range(n)])
         scores = score_lists(scorer, rep, user_vecs=cand_vecs.reshape(n_users * n, -1), item_vecs=item_vecs)
         per = rerank_metrics(scores, rep.labels, ks=(self.cfg.k,), per_list=True)
-        return np.asarray(per[self.cfg.score_metric]).reshape(n_users, n)
+        z = np.exp(scores - scores.max(1, keepdims=True))
+        mass = (z * (rep.labels > 0)).sum(1) / z.sum(1)
+        return np.asarray(per[self.cfg.score_metric]).reshape(n_users, n), mass.reshape(n_users, n)
 
     # ----- DPO
     def dpo(self, prev_adapter: str | None, rows: list[dict], work: Path) -> Path:
@@ -320,27 +331,34 @@ class RLRF4RecLoop:
             rdir = self.out / f"round-{r}"
             if (rdir / "metrics.json").is_file():
                 res = json.loads((rdir / "metrics.json").read_text())
+                diff = sorted(k for k, v in self._settings().items() if res.get("settings", {}).get(k) != v)
+                if diff:
+                    from recalign.data.util import DataError
+
+                    raise DataError(f"{rdir} was made with other settings ({', '.join(diff)}); use another "
+                                    "--output_dir or delete it to start over")
                 self.log(f"[round {r}] done before, skipped")
                 results.append(res)
                 adapter = res.get("adapter") or adapter
                 continue
             t0 = time.perf_counter()
             with atomic_dir(rdir, overwrite=True) as tmp:
-                res = {"round": r, "users": len(self.users), "skipped_users": self.info.get("skipped_users", 0)}
+                res = {"round": r, "users": len(self.users), "skipped_users": self.info.get("skipped_users", 0),
+                       "settings": self._settings()}
                 if r > 0:
                     prev_vecs = self._knowledge_vecs(self.out / f"round-{r - 1}")
                     scorer, _ = self.train_eval(backbones[0], prev_vecs, item_vecs)
                     self.log(f"[round {r}] sampling {cfg.samples} texts for {len(self.users)} users")
                     cands = self._generate(adapter, self.prompts, cfg.samples, False, cfg.seed + r)
                     cand_vecs = self.encoder.encode([t for c in cands for t in c]).reshape(len(self.users), cfg.samples, -1)
-                    scores = self.score_texts(scorer, cand_vecs, item_vecs)
-                    pairs = select_pairs(scores)
+                    scores, mass = self.score_texts(scorer, cand_vecs, item_vecs)
+                    pairs = select_pairs(scores, mass)
                     rows = [{"prompt": p, "chosen": [{"role": "assistant", "content": c[b]}],
                              "rejected": [{"role": "assistant", "content": c[w]}]}
                             for p, c, bw in zip(self.prompts, cands, pairs) if bw for b, w in [bw]]
                     with open(tmp / "pairs.jsonl", "w", encoding="utf-8") as f:
-                        for u, c, s, bw in zip(self.users, cands, scores, pairs):
-                            f.write(json.dumps({"user_idx": u, "texts": c, "scores": s.tolist(),
+                        for u, c, s, tb, bw in zip(self.users, cands, scores, mass, pairs):
+                            f.write(json.dumps({"user_idx": u, "texts": c, "scores": s.tolist(), "tiebreak": tb.tolist(),
                                                 "chosen": bw[0] if bw else None,
                                                 "rejected": bw[1] if bw else None}) + "\n")
                     res.update(pairs=len(rows), tied_users=sum(bw is None for bw in pairs),
@@ -386,6 +404,10 @@ class RLRF4RecLoop:
             "trainers.rlrf4rec", asdict(cfg), seed=cfg.seed, inputs={"sequences": self.ds.fingerprint()},
             users=len(self.users), rounds=[{k: v for k, v in r_.items() if k != "dpo_log"} for r_ in results]))
         return report
+
+    def _settings(self) -> dict:
+        """What a finished round depends on (all but the round count and where it is written)."""
+        return {k: v for k, v in asdict(self.cfg).items() if k not in ("rounds", "output_dir")}
 
     def _knowledge_vecs(self, rdir: Path) -> np.ndarray:
         rows = [json.loads(x) for x in (rdir / "knowledge.jsonl").read_text().splitlines()]

@@ -9,6 +9,7 @@ MODULES = [
     "recalign.templates.render", "recalign.tasks.spec",
     "recalign.rewards.parser", "recalign.rewards.reclm", "recalign.rewards.adapters", "recalign.rewards.asft",
     "recalign.eval.metrics", "recalign.eval.retention", "recalign.trainers.ppo",
+    "recalign.trainers.rlrf4rec",
 ]
 
 

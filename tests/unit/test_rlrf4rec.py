@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from safetensors.torch import load_file
 
-from recalign.data import RecDataset
+from recalign.data import DataError, RecDataset
 from recalign.trainers.rlrf4rec import RLRF4RecConfig, RLRF4RecLoop, select_pairs, user_prompts
 
 
@@ -18,6 +18,12 @@ from recalign.trainers.rlrf4rec import RLRF4RecConfig, RLRF4RecLoop, select_pair
 ])
 def test_select_pairs_picks_best_and_worst(scores, want):
     assert select_pairs(scores) == want
+
+
+def test_select_pairs_breaks_ties_with_the_second_key():
+    assert select_pairs([[0.5, 0.5, 0.2]], [[0.1, 0.4, 0.9]]) == [(1, 2)]      # primary decides the worst
+    assert select_pairs([[0.5, 0.5, 0.5]], [[0.2, 0.2, 0.1]]) == [(0, 2)]
+    assert select_pairs([[0.5, 0.5]], [[0.3, 0.3]]) == [None]
 
 
 def test_user_prompt_has_description_ratings_and_no_held_out_items(ml100k_dir):
@@ -72,7 +78,8 @@ def test_loop_runs_a_dpo_round_and_resumes(ml100k_dir, tiny_inst, tmp_path):
     pairs = [json.loads(x) for x in (out / "round-1" / "pairs.jsonl").read_text().splitlines()]
     for p in pairs:                                    # chosen/rejected are the best/worst scored texts
         if p["chosen"] is not None:
-            assert p["scores"][p["chosen"]] == max(p["scores"]) and p["scores"][p["rejected"]] == min(p["scores"])
+            key = list(zip(p["scores"], p["tiebreak"]))
+            assert key[p["chosen"]] == max(key) and key[p["rejected"]] == min(key)
     lora_b = [v for k, v in load_file(str(out / "round-1" / "dpo_adapter" / "adapter_model.safetensors")).items()
               if "lora_B" in k]
     assert lora_b and any(v.abs().sum() > 0 for v in lora_b)          # DPO moved the adapter
@@ -92,6 +99,9 @@ def test_loop_runs_a_dpo_round_and_resumes(ml100k_dir, tiny_inst, tmp_path):
     assert (out / "round-1" / "metrics.json").read_text() == before
     r2 = json.loads((out / "round-2" / "metrics.json").read_text())
     assert r2["round"] == 2 and json.loads((out / "round-2" / "adapter" / "adapter_config.json").read_text())["r"] == 4
+    # finished rounds made with other settings are not silently mixed in
+    with pytest.raises(DataError, match="round-0 was made with other settings \\(samples\\)"):
+        RLRF4RecLoop(_cfg(ml100k_dir, tiny_inst[1], out, rounds=2, samples=4), log=logs.append).run()
 
 
 def test_bad_settings_are_clear(ml100k_dir, tiny_inst, tmp_path, capsys):
