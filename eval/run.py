@@ -30,6 +30,8 @@ class EvalConfig:
     split: str = "test"
     limit: int | None = None                 # rows per task
     grounded: bool = False
+    grounded_strict: bool = True             # grounding also writes the numbering: the whole answer is
+                                             # a numbered list of real titles (False: only marker-led lines)
     backend: str = "hf"
     max_new_tokens: int = 256
     batch_size: int = 16
@@ -89,7 +91,7 @@ def run_eval(cfg: EvalConfig, overwrite: bool = False) -> Path:
     backend = make_backend(cfg.backend, cfg.model, cfg.adapter, batch_size=cfg.batch_size)
     grounding = None
     if cfg.grounded:
-        grounding = Grounding(ds.catalog.titles[1:], [r["history"] for r in rows],
+        grounding = Grounding(ds.catalog.titles[1:], [r["history"] for r in rows], strict=cfg.grounded_strict,
                               max_items=[r["item_count"] or 10 for r in rows])
     t0 = time.perf_counter()
     answers = backend.generate([r["prompt"] for r in rows], Sampling(cfg.max_new_tokens, seed=cfg.seed), grounding)
@@ -118,7 +120,8 @@ def run_eval(cfg: EvalConfig, overwrite: bool = False) -> Path:
     name = cfg.name or backend.name
     metrics = {
         "name": name, "model": cfg.model, "adapter": cfg.adapter, "backend": cfg.backend,
-        "grounded": cfg.grounded, "split": cfg.split, "n_rows": len(rows),
+        "grounded": cfg.grounded, "grounded_strict": cfg.grounded_strict if cfg.grounded else None,
+        "split": cfg.split, "n_rows": len(rows),
         "exact": res["exact"], "fuzzy": res["fuzzy"], "teacher": teacher, "retention": retention,
         "judge": judge,
         "generation_seconds": round(gen_s, 1),

@@ -165,7 +165,8 @@ def cmd_eval(args) -> int:
     from recalign.eval.run import EvalConfig, run_eval
 
     cfg = EvalConfig(data=args.data, out=args.out, model=args.model, adapter=args.adapter, tasks=args.tasks,
-                     split=args.split, limit=args.limit, grounded=args.grounded, backend=args.backend,
+                     split=args.split, limit=args.limit, grounded=args.grounded or args.grounded_loose,
+                     grounded_strict=not args.grounded_loose, backend=args.backend,
                      max_new_tokens=args.max_new_tokens, batch_size=args.batch_size, teacher=args.teacher,
                      mmlu=args.mmlu, gsm8k=args.gsm8k, retention_limit=args.retention_limit, seed=args.seed,
                      name=args.name)
@@ -320,7 +321,10 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--tasks", default="I0,I1,I2")
     e.add_argument("--split", default="test", choices=["valid", "test"])
     e.add_argument("--limit", type=int, help="rows per task")
-    e.add_argument("--grounded", action="store_true", help="constrain list items to catalog titles")
+    e.add_argument("--grounded", action="store_true",
+                   help="the answer is a numbered list of real catalog titles, none repeated or from the history")
+    e.add_argument("--grounded-loose", action="store_true",
+                   help="grounding only after list markers the model writes itself (free text elsewhere)")
     e.add_argument("--backend", default="hf", choices=["hf", "vllm", "auto"])
     e.add_argument("--max-new-tokens", type=int, default=256)
     e.add_argument("--batch-size", type=int, default=16)

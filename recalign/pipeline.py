@@ -151,7 +151,10 @@ class Pipeline:
 
         def evaluate(name: str, adapter: str | None, g: bool):
             label = name + ("-grounded" if g else "")
-            out = self.stage(f"eval-{label}", {**ev, "model": model, "adapter": adapter, "grounded": g},
+            settings = {**ev, "model": model, "adapter": adapter, "grounded": g}
+            if g:
+                settings["grounded_strict"] = ev.get("grounded_strict", True)
+            out = self.stage(f"eval-{label}", settings,
                              lambda out: run_eval(EvalConfig(data=str(inst), out=str(out), model=model,
                                                              adapter=adapter, grounded=g, seed=seed, name=name,
                                                              **ev), overwrite=True))

@@ -63,6 +63,18 @@ def test_eval_end_to_end_on_tiny_model(setup):
     assert 0 <= j["n_known"] <= j["n_recommended"] and "## Reward as judge (I0)" in report
 
 
+def test_strict_grounding_makes_formatting_errors_zero(setup):
+    data, model, tmp, ds = setup
+    out = run_eval(EvalConfig(data=str(data), out=str(tmp / "g"), model=str(model), tasks="I0,I1", limit=3,
+                              max_new_tokens=300, grounded=True, name="tiny"))   # room for 10 whole titles
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["grounded_strict"] is True
+    for task, v in m["exact"].items():                 # an untrained model, and still only real, new titles
+        assert v["NonExist_rate"] == v["RepeatItem_rate"] == v["InHistory_rate"] == 0, task
+    gens = [json.loads(x) for x in (out / "generations.jsonl").read_text().splitlines()]
+    assert all(g["answer"].startswith("1. ") for g in gens)
+
+
 def test_adapter_from_another_base_is_refused(setup, tmp_path):
     from recalign.models.adapters import check_adapter
     from recalign.models.resolve import model_fingerprint
