@@ -29,6 +29,15 @@ class Sampling:
     top_p: float = 1.0
     seed: int = 0
 
+    def generate_kwargs(self, pad_token_id: int) -> dict:
+        """Keyword arguments of transformers' ``generate`` for these settings."""
+        kw = dict(max_new_tokens=self.max_new_tokens, pad_token_id=pad_token_id)
+        if self.temperature > 0:
+            kw.update(do_sample=True, temperature=self.temperature, top_p=self.top_p, top_k=self.top_k or 0)
+        else:
+            kw.update(do_sample=False, temperature=None, top_p=None, top_k=None)
+        return kw
+
 
 @dataclass
 class Grounding:
@@ -103,12 +112,7 @@ class HFBackend(Backend):
         for s in tqdm(starts, desc="generate (hf)", disable=len(starts) < 2, mininterval=2.0):
             batch = [self.chat_text(m) for m in prompts[s:s + self.batch_size]]
             enc = self.tok(batch, return_tensors="pt", padding=True, add_special_tokens=False)
-            kw = dict(max_new_tokens=sampling.max_new_tokens, pad_token_id=self.tok.pad_token_id)
-            if sampling.temperature > 0:
-                kw.update(do_sample=True, temperature=sampling.temperature, top_p=sampling.top_p,
-                          top_k=sampling.top_k or 0)
-            else:
-                kw.update(do_sample=False, temperature=None, top_p=None, top_k=None)
+            kw = sampling.generate_kwargs(self.tok.pad_token_id)
             if grounded is not None:
                 mi = grounded.max_items
                 kw["logits_processor"] = [GroundedLogitsProcessor(

@@ -89,6 +89,19 @@ def stack_adapters(first: str | Path, second: str | Path, out: str | Path, overw
     return out
 
 
+def stack_into(first: str | Path, second: str | Path, out: str | Path) -> Path:
+    """:func:`stack_adapters` written into an existing folder ``out`` (a trainer's output dir
+    with its checkpoints and card), each file replacing its namesake whole."""
+    import tempfile
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=out, prefix=".stack-") as tmp:
+        for f in stack_adapters(first, second, Path(tmp) / "a").iterdir():
+            f.replace(out / f.name)
+    return out
+
+
 def _module_path(key: str) -> str:
     # "base_model.model.model.layers.3.mlp.up_proj.lora_A.weight" -> "model.layers.3.mlp.up_proj"
     mod = key.rsplit(".lora_", 1)[0]

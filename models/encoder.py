@@ -19,6 +19,8 @@ import numpy as np
 
 from recalign.data.util import atomic_write
 
+from .resolve import trunk
+
 
 class KnowledgeEncoder:
     def __init__(self, model: str = "smollm2-135m-instruct", batch_size: int = 16, max_length: int = 512,
@@ -55,8 +57,7 @@ class KnowledgeEncoder:
             enc = self.tok([t for _, t in chunk], return_tensors="pt", padding=True, truncation=True,
                            max_length=self.max_length, add_special_tokens=False)
             with torch.no_grad():
-                h = self.model.model(**enc).last_hidden_state if hasattr(self.model, "model") else \
-                    self.model(**enc, output_hidden_states=True).hidden_states[-1]
+                h = trunk(self.model)(**enc).last_hidden_state
             m = enc["attention_mask"].unsqueeze(-1).to(h.dtype)
             vecs = ((h * m).sum(1) / m.sum(1).clamp(min=1)).float().numpy()
             for (k, _), v in zip(chunk, vecs):

@@ -174,6 +174,12 @@ def load_model(spec: str, dtype=None, **kw):
     return model, tok
 
 
+def trunk(model):
+    """A causal LM's transformer body without the LM head: last hidden states without paying
+    for the vocabulary projection (PEFT layers inside stay active)."""
+    return getattr(model, model.base_model_prefix)
+
+
 def model_fingerprint(path: Path | str) -> str:
     """Identifies a base model for provenance and adapter checks: its config's key shape."""
     p = Path(path)

@@ -183,26 +183,15 @@ def cmd_eval(args) -> int:
 def cmd_pipeline(args) -> int:
     from recalign.pipeline import main_pipeline
 
-    overrides = {}
-    for item in args.set or []:
-        import yaml
-
-        key, _, value = item.partition("=")
-        if not _:
-            from recalign.data.util import DataError
-
-            raise DataError(f"--set {item!r}: expected KEY=VALUE, e.g. --set model=tiny-random")
-        node = overrides
-        parts = key.split(".")
-        for part in parts[:-1]:
-            node = node.setdefault(part, {})
-        node[parts[-1]] = yaml.safe_load(value)
+    overrides = _sets(args.set, "model=tiny-random", nested=True)
     report = main_pipeline(args.recipe, args.profile, overrides)
     print(f"wrote {report / 'report.md'}")
     return 0
 
 
-def _sets(items) -> dict:
+def _sets(items, example: str, nested: bool = False) -> dict:
+    """``--set KEY=VALUE`` overrides (values parsed as YAML); with ``nested`` a dotted key
+    ``a.b=1`` becomes ``{"a": {"b": 1}}``."""
     import yaml
 
     from recalign.data.util import DataError
@@ -211,8 +200,11 @@ def _sets(items) -> dict:
     for item in items or []:
         key, eq, value = item.partition("=")
         if not eq:
-            raise DataError(f"--set {item!r}: expected KEY=VALUE, e.g. --set rounds=1")
-        out[key] = yaml.safe_load(value)
+            raise DataError(f"--set {item!r}: expected KEY=VALUE, e.g. --set {example}")
+        node, parts = out, (key.split(".") if nested else [key])
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+        node[parts[-1]] = yaml.safe_load(value)
     return out
 
 
@@ -225,7 +217,7 @@ def cmd_rlrf4rec(args) -> int:
     path = Path(args.recipe)
     if not path.is_file():
         raise DataError(f"--recipe {path}: file not found (recipes live in recipes/)")
-    values = {**(yaml.safe_load(path.read_text()) or {}), **_sets(args.set)}
+    values = {**(yaml.safe_load(path.read_text()) or {}), **_sets(args.set, "rounds=1")}
     names = {f.name for f in dataclasses.fields(RLRF4RecConfig)}
     for k in values:
         if k not in names:

@@ -353,7 +353,7 @@ def train(cfg: RecASFTConfig) -> Path:
     from peft import get_peft_model
 
     from recalign.data.util import provenance, sha256_file, write_json
-    from recalign.models import load_policy, resolve_model, stack_adapters
+    from recalign.models import load_policy, resolve_model, stack_into
     from recalign.models.resolve import model_fingerprint
 
     from .rewarding import load_reward_context
@@ -406,13 +406,7 @@ def train(cfg: RecASFTConfig) -> Path:
     if not trainer.is_world_process_zero():        # under accelerate: one process writes the rest
         return out
     if cfg.adapter:
-        # one adapter on the original base = SFT then A-SFT; checkpoints and rl_adapter/ stay
-        import tempfile
-
-        with tempfile.TemporaryDirectory(dir=out, prefix=".stack-") as tmp:
-            stacked = stack_adapters(cfg.adapter, rl_dir, Path(tmp) / "a")
-            for f in stacked.iterdir():
-                f.replace(out / f.name)
+        stack_into(cfg.adapter, rl_dir, out)        # SFT then A-SFT; checkpoints and rl_adapter/ stay
 
     base = resolve_model(cfg.model)
     inputs = {"sequences": ctx.dataset.fingerprint()}

@@ -22,9 +22,7 @@ advantage 0.
 """
 from __future__ import annotations
 
-import os
 import sys
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -114,7 +112,7 @@ def train(cfg: _RecRLFields, method: str | None = None) -> Path:
 
     from recalign.data.util import provenance, sha256_file, write_json
     from recalign.models import resolve_model
-    from recalign.models.adapters import load_policy, stack_adapters
+    from recalign.models.adapters import load_policy, stack_into
     from recalign.models.resolve import model_fingerprint
     from recalign.trainers.rewarding import check_reward_rows, load_reward_context
     from recalign.trainers.sft import lora_config
@@ -142,11 +140,7 @@ def train(cfg: _RecRLFields, method: str | None = None) -> Path:
     if not trainer.accelerator.is_main_process:
         return out
     if cfg.adapter:
-        # one adapter on the original base = SFT then RL; checkpoints and rl_adapter/ stay
-        with tempfile.TemporaryDirectory(dir=out, prefix=".stack-") as tmp:
-            stacked = stack_adapters(cfg.adapter, rl_dir, Path(tmp) / "a")
-            for f in stacked.iterdir():
-                os.replace(f, out / f.name)
+        stack_into(cfg.adapter, rl_dir, out)        # one adapter: SFT then RL; checkpoints, rl_adapter/ stay
     base = resolve_model(cfg.model)
     inputs = {"train_jsonl": sha256_file(Path(cfg.data) / "train.jsonl")} \
         if (Path(cfg.data) / "train.jsonl").is_file() else {}

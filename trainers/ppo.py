@@ -156,8 +156,8 @@ def place_rewards(ends: Sequence[int], line_ends: Sequence[int], item_rewards: S
     return r
 
 
-def masked_mean(x, mask, dim=None):
-    return (x * mask).sum(dim) / mask.sum(dim).clamp(min=1) if dim is not None else (x * mask).sum() / mask.sum().clamp(min=1)
+def masked_mean(x, mask):
+    return (x * mask).sum() / mask.sum().clamp(min=1)
 
 
 def masked_whiten(x, mask, eps: float = 1e-8):
@@ -263,9 +263,10 @@ class RecPPOTrainer:
 
     def _values(self, ids, attn, T: int):
         pos = (attn.long().cumsum(-1) - 1).clamp(min=0)
-        base = self.peft.get_base_model()
-        trunk = getattr(base, base.base_model_prefix)
-        h = trunk(input_ids=ids, attention_mask=attn, position_ids=pos).last_hidden_state[:, -T - 1:-1]
+        from recalign.models.resolve import trunk
+
+        h = trunk(self.peft.get_base_model())(input_ids=ids, attention_mask=attn,
+                                             position_ids=pos).last_hidden_state[:, -T - 1:-1]
         return self.value_head(h.float()).squeeze(-1)
 
     @staticmethod
@@ -275,19 +276,20 @@ class RecPPOTrainer:
         return torch.gather(torch.log_softmax(logits, -1), 2, tokens.unsqueeze(-1)).squeeze(-1)
 
     # ----- rollouts
-    def _generate(self, rows: list[dict], greedy: bool):
-        import torch
-
-        from recalign.eval.grounded import GroundedLogitsProcessor, TitleTrie
-
+    def _encode(self, rows: list[dict]):
         texts = [self.tok.apply_chat_template(r["prompt"], tokenize=False, add_generation_prompt=True)
                  for r in rows]
-        enc = self.tok(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(self.device)
-        kw = dict(max_new_tokens=self.cfg.max_new_tokens, pad_token_id=self.tok.pad_token_id)
-        if greedy:
-            kw.update(do_sample=False, temperature=None, top_p=None, top_k=None)
-        else:
-            kw.update(do_sample=True, temperature=self.cfg.temperature, top_k=self.cfg.top_k, top_p=1.0)
+        return self.tok(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(self.device)
+
+    def _generate(self, enc, rows: list[dict], greedy: bool):
+        """Answer token ids [B, new] for the encoded prompts ``enc`` of ``rows``."""
+        import torch
+
+        from recalign.eval.backends import Sampling
+        from recalign.eval.grounded import GroundedLogitsProcessor, TitleTrie
+
+        kw = Sampling(self.cfg.max_new_tokens, temperature=0.0 if greedy else self.cfg.temperature,
+                      top_k=self.cfg.top_k).generate_kwargs(self.tok.pad_token_id)
         if self.cfg.grounded:
             if self._trie is None:
                 self._trie = TitleTrie(self.tok, self.titles)
@@ -298,7 +300,7 @@ class RecPPOTrainer:
         self.peft.eval()
         with torch.no_grad():
             gen = self.peft.generate(**enc, **kw)
-        return enc["input_ids"], enc["attention_mask"], gen[:, enc["input_ids"].shape[1]:]
+        return gen[:, enc["input_ids"].shape[1]:]
 
     def _trim(self, resp) -> list[list[int]]:
         out = []
@@ -343,12 +345,10 @@ class RecPPOTrainer:
         cfg = self.cfg
         batch_rows = [self.rows[self.rng.randrange(len(self.rows))] for _ in range(cfg.prompts_per_step)]
         t0 = time.perf_counter()
-        prompt_ids = prompt_mask = None
+        enc = self._encode(batch_rows)                  # the same prompts for every sample
         answers, rows = [], []
         for s in range(cfg.samples_per_prompt):
-            pids, pmask, resp = self._generate(batch_rows, greedy=cfg.greedy_first and s == 0)
-            prompt_ids, prompt_mask = pids, pmask
-            answers.extend(self._trim(resp))
+            answers.extend(self._trim(self._generate(enc, batch_rows, greedy=cfg.greedy_first and s == 0)))
             rows.extend(batch_rows)
         t_gen = time.perf_counter() - t0
         texts = [self.tok.decode(a, skip_special_tokens=True) for a in answers]
@@ -373,9 +373,8 @@ class RecPPOTrainer:
         n_prompts = len(batch_rows)
         pidx = torch.tensor([i % n_prompts for i in keep], dtype=torch.long)
         batch = {
-            "ids": torch.cat([prompt_ids.cpu()[pidx], resp], 1), "T": T,
-            "attn": torch.cat([prompt_mask.cpu()[pidx].float(), mask], 1), "resp": resp, "mask": mask,
-            "scores": scores,
+            "ids": torch.cat([enc["input_ids"].cpu()[pidx], resp], 1),
+            "attn": torch.cat([enc["attention_mask"].cpu()[pidx].float(), mask], 1), "resp": resp, "mask": mask,
         }
         t2 = time.perf_counter()
         with torch.no_grad():
@@ -575,17 +574,17 @@ class RecPPOTrainer:
         """The actor as one PEFT adapter on the original base (stacked on the SFT adapter)."""
         import tempfile
 
-        from recalign.models.adapters import stack_adapters
+        from recalign.models.adapters import stack_into
 
         out.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(dir=out) as tmp:
             self.peft.save_pretrained(tmp, selected_adapters=["actor"])
-            actor = Path(tmp) / "actor"
-            src = actor
+            actor = Path(tmp) / "actor"                # PEFT's folder for a non-default adapter name
             if sft_adapter:
-                src = stack_adapters(sft_adapter, actor, Path(tmp) / "stacked")
-            for f in src.iterdir():
-                shutil.move(str(f), out / f.name)     # same filesystem: each file lands whole
+                stack_into(sft_adapter, actor, out)
+            else:
+                for f in actor.iterdir():
+                    f.replace(out / f.name)
         self.tok.save_pretrained(str(out))
         return out
 

@@ -286,7 +286,8 @@ class RLRF4RecLoop:
         return np.asarray(per[self.cfg.score_metric]).reshape(n_users, n), mass.reshape(n_users, n)
 
     # ----- DPO
-    def dpo(self, prev_adapter: str | None, rows: list[dict], work: Path) -> Path:
+    def dpo(self, prev_adapter: str | None, rows: list[dict], work: Path) -> tuple[Path, list[dict]]:
+        """(this round's whole adapter in ``work/adapter``, the DPO log history)."""
         import datasets
         from trl import DPOConfig, DPOTrainer
 
@@ -310,12 +311,12 @@ class RLRF4RecLoop:
         trainer.train()
         new = work / "dpo_adapter"
         trainer.save_model(str(new))
-        self._dpo_log = trainer.state.log_history
         if prev_adapter:
-            return stack_adapters(prev_adapter, new, work / "adapter")
+            return stack_adapters(prev_adapter, new, work / "adapter"), trainer.state.log_history
         import shutil
 
-        return Path(shutil.copytree(new, work / "adapter"))      # dpo_adapter/ stays: this round's LoRA alone
+        # dpo_adapter/ stays: this round's LoRA alone
+        return Path(shutil.copytree(new, work / "adapter")), trainer.state.log_history
 
     # ----- rounds
     def run(self) -> Path:
@@ -370,8 +371,7 @@ class RLRF4RecLoop:
                         raise RuntimeError(f"round {r}: every user's {cfg.samples} texts scored the same; "
                                            "nothing to learn (raise --samples or --temperature)")
                     self.log(f"[round {r}] DPO on {len(rows)} pairs")
-                    adapter_dir = self.dpo(adapter, rows, tmp)
-                    res["dpo_log"] = self._dpo_log
+                    adapter_dir, res["dpo_log"] = self.dpo(adapter, rows, tmp)
                     final_adapter = rdir / "adapter"
                     res["adapter"] = str(final_adapter)
                     gen_adapter = str(adapter_dir)

@@ -99,7 +99,7 @@ def test_ppo_raises_reward_on_a_toy_task(tiny, tmp_path):
     assert rewards[0] < 0.5 and min(rewards[-3:]) > 0.7
     assert all(h["updates"] == 8 for h in hist)                       # 16 answers / 8 x 4 epochs
     assert all(h["illegal/nonexist"] == 0 for h in hist)               # grounded rollouts
-    greedy = tr._generate(TOY_ROWS, greedy=True)[2]
+    greedy = tr._generate(tr._encode(TOY_ROWS), TOY_ROWS, greedy=True)
     assert tr.tok.decode(tr._trim(greedy)[0], skip_special_tokens=True).strip() == "1. Alien"
     lines = (tmp_path / "log.jsonl").read_text().splitlines()
     assert [json.loads(x)["step"] for x in lines] == [1, 2, 3, 4, 5, 6]
