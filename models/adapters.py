@@ -138,3 +138,45 @@ def load_policy(model: str, adapter: str | Path | None = None, **kw):
     from peft import PeftModel
 
     return PeftModel.from_pretrained(base, str(adapter)).merge_and_unload(), tok
+
+
+MERGED_KEEP = 4          # merged copies kept in the cache (each is a full model)
+
+
+def merged_model_dir(model: str, adapter: str | Path) -> Path:
+    """A cached Hugging Face model directory with ``adapter`` merged into ``model``'s weights.
+
+    vLLM on CPU serves a LoRA through ``LoRARequest`` ~5× slower than the same weights merged
+    (bench/RESULTS.md), so the CPU eval path loads this instead. The directory is keyed by the
+    adapter's files and the base, made once (atomically) and reused; the oldest copies beyond
+    :data:`MERGED_KEEP` are removed.
+    """
+    import hashlib
+    import os
+    import shutil
+
+    from .resolve import model_fingerprint, models_cache, resolve_model
+
+    adapter = Path(adapter)
+    base = resolve_model(model)
+    check_adapter(adapter, base)
+    h = hashlib.sha256(f"{base}|{model_fingerprint(base)}".encode())
+    for f in ("adapter_config.json", "adapter_model.safetensors"):
+        if not (adapter / f).is_file():
+            raise DataError(f"--adapter {adapter}: no {f}; give a directory written by a recalign trainer")
+        h.update((adapter / f).read_bytes())
+    root = models_cache() / "merged"
+    out = root / h.hexdigest()[:20]
+    if (out / "config.json").is_file():
+        os.utime(out)
+        return out
+    merged, tok = load_policy(model, adapter)
+    with atomic_dir(out, overwrite=True) as tmp:
+        merged.save_pretrained(tmp)
+        tok.save_pretrained(tmp)
+        (tmp / "merged_from.json").write_text(json.dumps({"base": str(base), "adapter": str(adapter.resolve())}))
+    old = sorted((p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")),
+                 key=lambda p: p.stat().st_mtime, reverse=True)
+    for p in old[MERGED_KEEP:]:
+        shutil.rmtree(p, ignore_errors=True)
+    return out

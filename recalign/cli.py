@@ -317,7 +317,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the answer is a numbered list of real catalog titles, none repeated or from the history")
     e.add_argument("--grounded-loose", action="store_true",
                    help="grounding only after list markers the model writes itself (free text elsewhere)")
-    e.add_argument("--backend", default="hf", choices=["hf", "vllm", "auto"])
+    e.add_argument("--backend", default="auto", choices=["hf", "vllm", "auto"],
+                   help="generation engine (default auto: vLLM when it works here, else HF with a note)")
     e.add_argument("--max-new-tokens", type=int, default=256)
     e.add_argument("--batch-size", type=int, default=16)
     e.add_argument("--teacher", help="teacher directory for the reference row (default: from the data card)")

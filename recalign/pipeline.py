@@ -142,7 +142,7 @@ class Pipeline:
             data, teacher, tasks, out, BuildConfig(seed=seed, **b), overwrite=True))
         inst_key = self._upstream
 
-        ev = {"tasks": "I0,I1,I2", "limit": 100, "max_new_tokens": 256, "batch_size": 16, "backend": "hf",
+        ev = {"tasks": "I0,I1,I2", "limit": 100, "max_new_tokens": 256, "batch_size": 16, "backend": "auto",
               **(r.get("eval") or {})}
         grounded = ev.pop("grounded", [False])
         grounded = grounded if isinstance(grounded, list) else [grounded]

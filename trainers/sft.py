@@ -35,6 +35,9 @@ class RecSFTConfig(SFTConfig):
         "help": "LoRA only on the last N decoder layers (backward then stops early: faster on CPU)"})
     load_in_4bit: bool = field(default=False, metadata={"help": "QLoRA: load the base model in 4-bit (bitsandbytes)"})
     resume: bool = field(default=False, metadata={"help": "resume from the last checkpoint in output_dir"})
+    cpu_bf16: bool = field(default=False, metadata={
+        "help": "on a CPU with AVX512-BF16 (or AMX), train under bf16 autocast (LoRA master weights stay "
+                "fp32); bench/RESULTS.md has its speed and loss curve against fp32"})
     # TRL defaults changed for LoRA on CPU: RecLM-gen's LoRA SFT uses 1e-4..1e-3, and
     # checkpointing activations only slows a small model down.
     learning_rate: float = field(default=1e-4, metadata={"help": "AdamW learning rate"})
@@ -53,7 +56,12 @@ def check_lora_fields(cfg) -> None:
         raise ValueError("--data is required: the directory written by `recalign data build`")
     if not torch.cuda.is_available():
         cfg.use_cpu = True
-        cfg.bf16 = False            # AMX bf16 autocast is opt-in via --bf16 on CPUs that have it
+        # TRL's bf16 default (True) is meant for GPUs; on CPU bf16 autocast is opt-in and needs
+        # the instructions (without them it is emulated and slower than fp32)
+        want = bool(getattr(cfg, "cpu_bf16", False))
+        if want and not (torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()):
+            raise ValueError("--cpu_bf16: this CPU has neither AVX512-BF16 nor AMX; train in fp32")
+        cfg.bf16 = want
     if cfg.lora_r < 1:
         raise ValueError(f"lora_r must be >= 1, got {cfg.lora_r}")
 

@@ -52,3 +52,25 @@ def test_stack_refuses_non_lora_and_foreign_adapters(tiny_inst, tmp_path):
     (tmp_path / "a" / "card.json").write_text(json.dumps({"base_fingerprint": "llama/1/2/3/4"}))
     with pytest.raises(DataError, match="trained on a base model with shape llama/1/2/3/4"):
         load_policy(str(tiny_inst[1]), tmp_path / "a")
+
+
+def test_merged_model_dir_is_the_adapter_merged_and_cached(tiny_inst, tmp_path, monkeypatch):
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    from recalign.models.adapters import merged_model_dir
+
+    monkeypatch.setenv("RECALIGN_CACHE", str(tmp_path / "cache"))
+    model = str(tiny_inst[1])
+    _random_lora(load_model(model)[0], tmp_path / "a", 0, r=4, lora_alpha=8, target_modules="all-linear")
+    d = merged_model_dir(model, tmp_path / "a")
+    x = torch.randint(0, 200, (2, 9))
+    with torch.no_grad():
+        want = PeftModel.from_pretrained(load_model(model)[0], str(tmp_path / "a"))(x).logits
+        got = AutoModelForCausalLM.from_pretrained(d)(x).logits
+    torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
+    stamp = (d / "config.json").stat().st_mtime_ns
+    assert merged_model_dir(model, tmp_path / "a") == d                 # reused, not rebuilt
+    assert (d / "config.json").stat().st_mtime_ns == stamp
+    _random_lora(load_model(model)[0], tmp_path / "b", 1, r=4, lora_alpha=8, target_modules="all-linear")
+    assert merged_model_dir(model, tmp_path / "b") != d                 # another adapter, another copy

@@ -11,9 +11,11 @@ from recalign.pipeline import Pipeline, load_recipe
 ROOT = Path(__file__).resolve().parents[2]
 RECIPE = ROOT / "recipes" / "ml100k-smollm2.yaml"
 TINY = {"model": "tiny-random", "build": {"max_users": 12}, "sft": {"max_steps": 2, "save_steps": 2},
-        "eval": {"limit": 2, "max_new_tokens": 16}, "teacher": {"epochs": 1, "hidden": 16, "inner": 32},
+        "eval": {"limit": 2, "max_new_tokens": 16, "backend": "hf"},
+        "teacher": {"epochs": 1, "hidden": 16, "inner": 32},
         "rl": {"ppo": {"steps": 2, "prompts_per_step": 2, "max_new_tokens": 12, "ppo_epochs": 1,
-                       "lora_top_layers": None}}}
+                       "lora_top_layers": None, "rollout_backend": "hf"}}}
+# (stage logic only: HF keeps it fast; vLLM eval and rollouts have their own tests)
 
 
 def test_quick_profile_runs_then_skips_then_redoes_only_what_changed(tmp_path, monkeypatch):

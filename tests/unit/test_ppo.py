@@ -85,7 +85,8 @@ def _toy_trainer(tiny, tmp_path, reward_fn=None, **kw):
     model, tok = load_model(tiny)
     args = dict(model=tiny, data="unused", output_dir=str(tmp_path), steps=6, prompts_per_step=8,
                 max_new_tokens=8, grounded=True, grounded_strict=True, learning_rate=1e-2, kl_coef=0.0,
-                target_kl=None, save_steps=0, lora_alpha=8, seed=0, temperature=1.0)
+                target_kl=None, save_steps=0, lora_alpha=8, seed=0, temperature=1.0,
+                rollout_backend="hf")     # vLLM rollouts: tests/integration/test_vllm.py
     args.update(kw)
     fn = reward_fn or (lambda rows, texts: [_Toy(t) for t in texts])
     return RecPPOTrainer(RecPPOConfig(**args), model, tok, TOY_ROWS, fn, titles=TITLES, log=lambda s: None)
@@ -154,7 +155,7 @@ def test_main_resumes_and_writes_a_loadable_adapter(tiny_inst, sft_adapter, tmp_
     out = tmp_path / "ppo"
     args = ["--model", str(model), "--adapter", str(sft_adapter), "--data", str(data), "--output_dir", str(out),
             "--prompts_per_step", "2", "--max_new_tokens", "12", "--learning_rate", "1e-3", "--save_steps", "2",
-            "--lora_top_layers", "1"]
+            "--lora_top_layers", "1", "--rollout_backend", "hf"]
     assert main([*args, "--steps", "2"]) == 0
     assert (out / "checkpoint-2" / "actor.safetensors").is_file()
     assert main([*args, "--steps", "3", "--resume", "true"]) == 0
