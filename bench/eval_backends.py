@@ -31,9 +31,10 @@ SECTION = "## Evaluation generation: HF vs vLLM, base vs adapter (LoRARequest vs
 CONFIGS = {   # name: (backend, uses adapter, vLLM lora mode, dtype)
     "hf base": ("hf", False, None, "float32"),
     "vllm base": ("vllm", False, None, "float32"),
+    "vllm base (bfloat16)": ("vllm", False, None, "bfloat16"),
     "hf adapter": ("hf", True, None, "float32"),
-    "vllm adapter, LoRARequest": ("vllm", True, "request", "float32"),
-    "vllm adapter, merged": ("vllm", True, "merge", "float32"),
+    "vllm adapter (LoRARequest)": ("vllm", True, "request", "float32"),
+    "vllm adapter (merged)": ("vllm", True, "merge", "float32"),
 }
 
 
@@ -111,7 +112,7 @@ def main():
         f"Command: `{' '.join(['python bench/eval_backends.py', *map(shlex.quote, sys.argv[1:])])}`", "",
         f"Date {dt.date.today().isoformat()}, git {git}, {platform.processor() or platform.machine()}, load average "
         f"at start {load0}. {args.limit} test rows per task of {args.tasks}, greedy, max {args.max_new_tokens} new "
-        f"tokens; HF and vLLM in float32 (HF batch 32), {'eager' if args.eager else 'compiled'}. Start-up = model "
+        f"tokens; HF and vLLM in float32 unless named (HF batch 32), {'eager' if args.eager else 'compiled'}. Start-up = model "
         "load (+ merge on first use, + engine build); rows/s = generation only.", "",
         "| decoding | configuration | start-up s | generation s | rows/s | vs hf base | same greedy text | load |",
         "|---|---|---|---|---|---|---|---|", *lines, ""])

@@ -161,6 +161,12 @@ def main():
 
     torch.set_num_threads(args.threads)
     modes = args.modes.split(",")
+    if not (torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()) and not torch.cuda.is_available():
+        dropped = [m for m in modes if MODES[m].get("cpu_bf16")]
+        if dropped:
+            log(f"note: this CPU ({torch.backends.cpu.get_cpu_capability()}) has no AVX512-BF16/AMX, so bf16 "
+                f"autocast would be emulated; skipping {', '.join(dropped)}")
+            modes = [m for m in modes if m not in dropped]
     with tempfile.TemporaryDirectory() as tmp:
         data = Path(args.data) if args.data else build_data(Path(tmp), max_users=400)
         runs: dict[str, list] = {m: [] for m in modes}

@@ -24,6 +24,16 @@ def _fmt(key: str, v) -> str:
     return f"{100 * v:.1f}%" if key in PCT else f"{v:.4f}"
 
 
+def _fmt_ci(key: str, v, ci) -> str:
+    """``value [lo, hi]`` (95% bootstrap interval over rows) when the run has intervals."""
+    if v is None or not ci:
+        return _fmt(key, v)
+    lo, hi = ci
+    if key in PCT:
+        return f"{100 * v:.1f}% [{100 * lo:.1f}, {100 * hi:.1f}]"
+    return f"{v:.4f} [{lo:.4f}, {hi:.4f}]"
+
+
 def _tasks(runs: list[dict], mode: str) -> list[str]:
     seen: list[str] = []
     for r in runs:
@@ -42,13 +52,126 @@ def _table(runs: list[dict], mode: str) -> list[str]:
             if m is None:
                 continue
             label = r["name"] + (" (grounded)" if r.get("grounded") else "")
+            ci = (r.get("intervals") or {}).get(task, {}) if mode == "exact" else {}
             lines.append(f"| {task} | {label} | {m['n_samples']} | "
-                         + " | ".join(_fmt(k, m.get(k)) for k, _ in COLUMNS) + " |")
+                         + " | ".join(_fmt_ci(k, m.get(k), ci.get(k)) for k, _ in COLUMNS) + " |")
         if task == "I0":
             t = next((r["teacher"] for r in runs if r.get("teacher")), None)
             if t:
-                lines.append(f"| I0 | SASRec teacher (reference) | {t['n_samples']} | {_fmt('HR', t['HR'])} | "
-                             f"{_fmt('NDCG', t['NDCG'])} |" + " – |" * (len(COLUMNS) - 2))
+                ci = t.get("intervals", {}) if mode == "exact" else {}
+                lines.append(f"| I0 | SASRec teacher (reference) | {t['n_samples']} | "
+                             f"{_fmt_ci('HR', t['HR'], ci.get('HR'))} | {_fmt_ci('NDCG', t['NDCG'], ci.get('NDCG'))} |"
+                             + " – |" * (len(COLUMNS) - 2))
+    if mode == "exact" and any(r.get("intervals") for r in runs):
+        lines += ["", "Brackets: 95% bootstrap interval over the test rows (2,000 resamples, seed 0)."]
+    return lines
+
+
+# (task, metric) pairs that a comparison reports: the headline of each task
+COMPARE = [("I0", "HR"), ("I0", "NDCG"), ("I1+", "TCP"), ("I1-", "TCP"), ("I2<=", "CPA"), ("I2>=", "CPA"),
+           ("I2~", "CPA"), ("all", "CorrectCount"), ("all", "Errors_rate")]
+LABELS = {"Errors_rate": "Repeat+NonExist+InHistory@10", "CorrectCount": "CorrectCount"}
+
+
+def comparison_pairs(runs: list[dict]) -> list[tuple[dict, dict]]:
+    """base → SFT and SFT → each other model, at the same grounding."""
+    pairs = []
+    for g in sorted({bool(r.get("grounded")) for r in runs}):
+        same = [r for r in runs if bool(r.get("grounded")) == g]
+        base = next((r for r in same if r["name"] == "base"), None)
+        sft = next((r for r in same if r["name"] == "sft"), None)
+        if base and sft:
+            pairs.append((base, sft))
+        ref = sft or base
+        pairs += [(ref, r) for r in same if ref is not None and r is not ref and r is not base and r is not sft]
+    return pairs
+
+
+def compare_runs(a: dict, b: dict) -> list[dict]:
+    """Paired differences ``b − a`` on the rows both runs scored; refuses runs on other rows
+    or protocols (ValueError naming both)."""
+    from .stats import paired
+
+    if a.get("rows_sha256") and b.get("rows_sha256") and a["rows_sha256"] != b["rows_sha256"]:
+        raise ValueError(f"cannot compare {a['name']} and {b['name']}: they were evaluated on different test rows")
+    if a.get("protocol") != b.get("protocol"):
+        raise ValueError(f"cannot compare {a['name']} ({a.get('protocol')}) and {b['name']} "
+                         f"({b.get('protocol')}): different protocols")
+    ra = {p["key"]: p for p in a.get("per_row") or []}
+    rb = {p["key"]: p for p in b.get("per_row") or []}
+    keys = [k for k in ra if k in rb]
+    out = []
+    for task, metric in COMPARE:
+        ks = [k for k in keys if task == "all" or ra[k]["task"] == task]
+        xa, xb = [ra[k].get(metric) for k in ks], [rb[k].get(metric) for k in ks]
+        c = paired(xa, xb)
+        if c["n"]:
+            both = [(x, y) for x, y in zip(xa, xb) if x is not None and y is not None]
+            out.append({"task": task, "metric": metric, "first": sum(x for x, _ in both) / len(both),
+                        "second": sum(y for _, y in both) / len(both), **c})
+    return out
+
+
+def _teacher_comparisons(runs: list[dict]) -> list[tuple[str, dict]]:
+    from .stats import paired
+
+    t = next((r["teacher"] for r in runs if r.get("teacher") and r["teacher"].get("per_row")), None)
+    if not t:
+        return []
+    tr = {p["key"]: p for p in t["per_row"]}
+    out = []
+    for r in runs:
+        rows = {p["key"]: p for p in r.get("per_row") or [] if p["task"] == "I0"}
+        ks = [k for k in rows if k in tr]
+        if not ks:
+            continue
+        label = r["name"] + (" (grounded)" if r.get("grounded") else "")
+        for m in ("HR", "NDCG"):
+            c = paired([tr[k][m] for k in ks], [rows[k][m] for k in ks])
+            mean_t = sum(tr[k][m] for k in ks) / len(ks)
+            c["ratio"] = (sum(rows[k][m] or 0 for k in ks) / len(ks)) / mean_t if mean_t else None
+            out.append((label, {"task": "I0", "metric": m, **c}))
+    return out
+
+
+def _comparison_section(runs: list[dict]) -> list[str]:
+    from .stats import verdict
+
+    if not any(r.get("per_row") for r in runs):
+        return []
+    lines = ["", "## Comparisons (paired, same rows)", "",
+             "Difference = second − first on the rows both scored, 95% paired-bootstrap interval; p from "
+             "McNemar's exact test for 0/1 metrics, else the paired bootstrap. A difference whose interval "
+             "holds 0 is \"no difference\".", "",
+             "| comparison | task | metric | n | first | second | difference [95% CI] | p | reads |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for a, b in comparison_pairs(runs):
+        la = a["name"] + (" (grounded)" if a.get("grounded") else "")
+        lb = b["name"] + (" (grounded)" if b.get("grounded") else "")
+        try:
+            comps = compare_runs(a, b)
+        except ValueError as e:
+            lines.append(f"| {la} → {lb} | – | – | – | – | – | refused: {e} | – | – |")
+            continue
+        for c in comps:
+            key = c["metric"]
+            pct = key in PCT or key == "Errors_rate"
+            fmt_key = "CPA" if pct else key
+            scale, unit = (100, " pp") if pct else (1, "")
+            lines.append(f"| {la} → {lb} | {c['task']} | {LABELS.get(key, key)} | {c['n']} | {_fmt(fmt_key, c['first'])} | "
+                         f"{_fmt(fmt_key, c['second'])} | {scale * c['diff']:+.{1 if pct else 4}f}{unit} "
+                         f"[{scale * c['lo']:+.{1 if pct else 4}f}, {scale * c['hi']:+.{1 if pct else 4}f}] | "
+                         f"{c['p']:.3g} | {verdict(c)} |")
+    tc = _teacher_comparisons(runs)
+    if tc:
+        lines += ["", "Against the SASRec teacher on the same I0 prompt windows (model − teacher):", "",
+                  "| model | metric | n | ratio to teacher | difference [95% CI] | p | reads |",
+                  "|---|---|---|---|---|---|---|"]
+        for label, c in tc:
+            ratio = f"{c['ratio']:.2f}x" if c.get("ratio") is not None else "–"
+            lines.append(f"| {label} | {c['metric']}@10 | {c['n']} | {ratio} | {c['diff']:+.4f} "
+                         f"[{c['lo']:+.4f}, {c['hi']:+.4f}] | {c['p']:.3g} | {verdict(c)} |")
+    return lines
     return lines
 
 
@@ -68,8 +191,13 @@ def _plots(out: Path, runs: list[dict]) -> list[str]:
     for ax, (key, title) in zip(axes.flat, metrics):
         for i, r in enumerate(runs):
             vals = [r["exact"].get(t, {}).get(key) for t in tasks]
-            xs = [j + i * width for j, v in enumerate(vals) if v is not None]
-            ax.bar(xs, [v for v in vals if v is not None], width, label=r["name"])
+            cis = [(r.get("intervals") or {}).get(t, {}).get(key) for t in tasks]
+            keep = [j for j, v in enumerate(vals) if v is not None]
+            err = None
+            if all(cis[j] for j in keep) and keep:
+                err = [[max(vals[j] - cis[j][0], 0) for j in keep], [max(cis[j][1] - vals[j], 0) for j in keep]]
+            label = r["name"] + (" (grounded)" if r.get("grounded") else "")
+            ax.bar([j + i * width for j in keep], [vals[j] for j in keep], width, yerr=err, capsize=2, label=label)
         teacher = next((r["teacher"] for r in runs if r.get("teacher")), None)
         if teacher and key in ("HR", "NDCG") and "I0" in tasks:
             j = tasks.index("I0")
@@ -77,7 +205,7 @@ def _plots(out: Path, runs: list[dict]) -> list[str]:
         ax.set_title(title)
         ax.set_xticks([j + 0.4 - width / 2 for j in range(len(tasks))], tasks, rotation=30, fontsize=8)
     axes.flat[0].legend(fontsize=8)
-    fig.suptitle("Metrics per task (exact matching)")
+    fig.suptitle("Metrics per task (exact matching; bars: 95% bootstrap intervals)")
     fig.tight_layout()
     fig.savefig(out / "plots" / "metrics_by_task.png", dpi=90)
     plt.close(fig)
@@ -188,6 +316,7 @@ def write_report(out: str | Path, runs: list[dict], curves: dict[str, list[dict]
             mm, gs = r["retention"].get("mmlu") or {}, r["retention"].get("gsm8k") or {}
             lines.append(f"| {r['name']} | {_fmt('CPA', mm.get('accuracy'))} | {mm.get('n', '–')} | "
                          f"{_fmt('CPA', gs.get('accuracy'))} | {gs.get('n', '–')} |")
+    lines += _comparison_section(runs)
     plots = _plots(out, runs)
     lines += ["", "## Plots", ""] + [f"![{p}]({p})" for p in plots]
     lines += _curve_section(out, curves or {})

@@ -62,6 +62,10 @@ def load_rows(data: str | Path, split: str, tasks: str, limit: int | None) -> li
             if bucket is not None and (limit is None or len(bucket) < limit):
                 bucket.append(row)
     rows = [r for t in wanted for r in per_task[t]]
+    short = [f"{t}: {len(per_task[t])}" for t in wanted if limit is not None and 0 < len(per_task[t]) < limit]
+    if short:
+        print(f"warning: {path} has fewer than --limit {limit} rows for some tasks; using all there are "
+              f"({', '.join(short)})", flush=True)
     if not rows:
         raise DataError(f"{path}: no {split} rows for tasks {', '.join(wanted)}")
     return rows
@@ -90,11 +94,46 @@ def teacher_on_rows(teacher_dir: str | Path, ds: RecDataset, rows: list[dict], k
     if not i0:
         return None
     t = Teacher.load(teacher_dir, data=ds)
+    from .stats import bootstrap_ci
+
     top = t.topk([r["history"] for r in i0], k=k)
     pos = [list(tp).index(r["target"]) if r["target"] in tp else -1 for r, tp in zip(i0, top)]
-    hr = float(np.mean([p >= 0 for p in pos]))
-    ndcg = float(np.mean([1 / np.log2(p + 2) if p >= 0 else 0.0 for p in pos]))
-    return {"HR": hr, "NDCG": ndcg, "n_samples": len(i0), "teacher": str(teacher_dir)}
+    hrs = [int(p >= 0) for p in pos]
+    ndcgs = [1 / np.log2(p + 2) if p >= 0 else 0.0 for p in pos]
+    ci = {"HR": bootstrap_ci(hrs), "NDCG": bootstrap_ci(ndcgs)}
+    return {"HR": float(np.mean(hrs)), "NDCG": float(np.mean(ndcgs)), "n_samples": len(i0),
+            "teacher": str(teacher_dir), "intervals": {m: [c["lo"], c["hi"]] for m, c in ci.items()},
+            "per_row": [{"key": row_key(r), "HR": h, "NDCG": n} for r, h, n in zip(i0, hrs, ndcgs)]}
+
+
+CI_METRICS = ("HR", "NDCG", "TCP", "CPA", "CorrectCount", "RepeatItem_rate", "NonExist_rate", "InHistory_rate")
+
+
+def row_key(row: dict) -> str:
+    """Identifies a test row across runs, so that comparisons pair the same rows."""
+    return f"{row['task']}|{row['user_id']}|{row['target']}|{','.join(map(str, row['history']))}"
+
+
+def intervals_and_rows(rows: list[dict], samples: list[dict]) -> tuple[dict, list[dict]]:
+    """Per task (and "all"): a 95% bootstrap interval of each metric; per row: the values
+    the paired comparisons need (see :mod:`recalign.eval.stats`)."""
+    from .stats import bootstrap_ci
+
+    scored = [r for r in rows if r["task"][:2] in ("I0", "I1", "I2")]
+    per_row = []
+    for r, s in zip(scored, samples):
+        rec = {"key": row_key(r), "task": r["task"], **{m: s.get(m) for m in CI_METRICS}}
+        rec["Errors_rate"] = sum(s.get(m) or 0 for m in ("RepeatItem_rate", "NonExist_rate", "InHistory_rate"))
+        per_row.append(rec)
+    out: dict[str, dict] = {}
+    for task in sorted({p["task"] for p in per_row}) + ["all"]:
+        group = [p for p in per_row if task == "all" or p["task"] == task]
+        out[task] = {}
+        for m in (*CI_METRICS, "Errors_rate"):
+            c = bootstrap_ci([p[m] for p in group])
+            if c["n"]:
+                out[task][m] = [c["lo"], c["hi"]]
+    return out, per_row
 
 
 def run_eval(cfg: EvalConfig, overwrite: bool = False) -> Path:
@@ -123,6 +162,7 @@ def run_eval(cfg: EvalConfig, overwrite: bool = False) -> Path:
         full = {r["user_id"]: ds.sequences[by_id[r["user_id"]]][:-cut] for r in rows if r["user_id"] in by_id}
     res = evaluate(rows, answers, ds.catalog, fuzzy=True, return_samples=True,
                    full_histories=[full.get(r["user_id"]) for r in rows])
+    intervals, per_row = intervals_and_rows(rows, res["samples_exact"])
     judge = None
     i0 = [(r, a) for r, a in zip(rows, answers) if r["task"] == "I0"]
     if i0 and ds.ratings is not None:
@@ -143,8 +183,9 @@ def run_eval(cfg: EvalConfig, overwrite: bool = False) -> Path:
     metrics = {
         "name": name, "model": cfg.model, "adapter": cfg.adapter, "backend": cfg.backend,
         "grounded": cfg.grounded, "grounded_strict": cfg.grounded_strict if cfg.grounded else None,
-        "split": cfg.split, "n_rows": len(rows),
-        "exact": res["exact"], "fuzzy": res["fuzzy"], "teacher": teacher, "retention": retention,
+        "split": cfg.split, "n_rows": len(rows), "rows_sha256": _rows_hash(rows),
+        "exact": res["exact"], "fuzzy": res["fuzzy"], "intervals": intervals, "per_row": per_row,
+        "teacher": teacher, "retention": retention,
         "judge": judge,
         "generation_seconds": round(gen_s, 1),
         "by_history_length": _hr_by_history(rows, res["samples_exact"]),
@@ -165,6 +206,12 @@ def run_eval(cfg: EvalConfig, overwrite: bool = False) -> Path:
         write_json(tmp / "metrics.json", metrics)
         write_report(tmp, [metrics])
     return Path(cfg.out)
+
+
+def _rows_hash(rows: list[dict]) -> str:
+    import hashlib
+
+    return hashlib.sha256("\n".join(row_key(r) for r in rows).encode()).hexdigest()
 
 
 def _hr_by_history(rows: list[dict], samples: list[dict]) -> dict[str, dict]:

@@ -486,12 +486,27 @@ class RecPPOTrainer:
         batch.update(adv=adv, ret=ret)
         t_fwd = time.perf_counter() - t2
         stats = self._rollout_stats([rows[i] for i in keep], [results[i] for i in keep], kl, mask)
+        stats.update(self._spread_stats([i % n_prompts for i in keep], [results[i].list_reward for i in keep]))
         stats.update({"skipped": len(reasons), "samples": N, "time/generate_s": t_gen, "time/score_s": t_score,
                       "time/rollout_forward_s": t_fwd,
                       "rollout_tokens_per_s": float(sum(len(a) for a in answers)) / max(t_gen, 1e-9),
                       "response_length": float(mask.sum(1).mean()) if N else 0.0})
         batch["stats"] = stats
         return batch
+
+    @staticmethod
+    def _spread_stats(prompt_idx: list[int], rewards: list[float]) -> dict:
+        """Whether this batch can teach anything: the share of prompts whose answers all got the
+        same list reward (no signal between them) and the mean within-prompt reward spread."""
+        groups: dict[int, list[float]] = {}
+        for p, r in zip(prompt_idx, rewards):
+            groups.setdefault(p, []).append(r)
+        multi = [v for v in groups.values() if len(v) > 1]
+        if not multi:
+            return {}
+        return {"same_reward_share": float(np.mean([max(v) - min(v) < 1e-9 for v in multi])),
+                "reward/spread": float(np.mean([np.std(v) for v in multi])),
+                "reward/std": float(np.std(rewards))}
 
     @staticmethod
     def _rollout_stats(rows, results, kl, mask) -> dict:

@@ -55,6 +55,9 @@ def test_eval_end_to_end_on_tiny_model(setup):
     assert set(m["fuzzy"]) == set(m["exact"])
     assert m["teacher"]["n_samples"] == 2 and 0 <= m["teacher"]["HR"] <= 1
     assert m["provenance"]["stage"] == "eval" and m["name"] == "tiny"
+    lo, hi = m["intervals"]["I0"]["HR"]
+    assert 0 <= lo <= m["exact"]["I0"]["HR"] <= hi <= 1 and len(m["per_row"]) == 6
+    assert {p["key"] for p in m["teacher"]["per_row"]} <= {p["key"] for p in m["per_row"]}
     gens = [json.loads(x) for x in (out / "generations.jsonl").read_text().splitlines()]
     assert len(gens) == 6 and all("answer" in g and g["metrics"]["K"] == 10 for g in gens)
     report = (out / "report.md").read_text()
@@ -97,3 +100,32 @@ def test_unknown_backend_and_missing_split(setup, tmp_path):
         make_backend("tgi", "tiny-random")
     with pytest.raises(DataError, match="valid.jsonl: not found"):
         run_eval(EvalConfig(data=str(tmp_path), out=str(tmp_path / "o"), split="valid"))
+
+
+def _with_rows(m, hrs, errs):
+    """A run with per-row values (60 I0 rows) and intervals, as run_eval writes them."""
+    m = dict(m)
+    m["per_row"] = [{"key": f"I0|u{i}|1|2", "task": "I0", "HR": h, "NDCG": h * 0.5, "CorrectCount": 1,
+                     "Errors_rate": e} for i, (h, e) in enumerate(zip(hrs, errs))]
+    m["intervals"] = {"I0": {"HR": [0.05, 0.25]}}
+    m["rows_sha256"] = "same"
+    return m
+
+
+def test_report_renders_intervals_and_paired_comparisons(tmp_path):
+    base_hr = [0] * 60
+    sft_hr = [1] * 12 + [0] * 48                                     # +20 pp on the same rows
+    runs = [_with_rows(_run_metrics("base", 0.0), base_hr, [0.5] * 60),
+            _with_rows(_run_metrics("sft", 0.2), sft_hr, [0.5] * 60)]
+    text = write_report(tmp_path, runs).read_text()
+    assert "## Comparisons (paired, same rows)" in text
+    assert "| I0 | sft | 10 | 0.2000 [0.0500, 0.2500] |" in text          # value [95% interval]
+    line = next(x for x in text.splitlines() if x.startswith("| base → sft | I0 | HR |"))
+    assert "| 60 |" in line and "+0.2000" in line and "| 0.000488 | higher |" in line  # McNemar: 2 * 2^-12
+    err = next(x for x in text.splitlines() if "Repeat+NonExist+InHistory@10" in x)
+    assert "+0.0 pp" in err and err.endswith("| 1 | no difference |")
+    other = _with_rows(_run_metrics("sft", 0.2), sft_hr, [0.5] * 60)
+    other["rows_sha256"] = "other"
+    (tmp_path / "b").mkdir()
+    text = write_report(tmp_path / "b", [runs[0], other]).read_text()
+    assert "refused: cannot compare base and sft: they were evaluated on different test rows" in text

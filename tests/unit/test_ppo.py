@@ -184,3 +184,37 @@ def test_rows_missing_reward_fields_fail_before_any_rollout(tiny_inst, tmp_path)
     with pytest.raises(DataError, match=r"row 0 \(task 'I0'\).*'item_count'"):
         main(["--model", str(model), "--data", str(bad), "--output_dir", str(tmp_path / "o"), "--steps", "1"])
     assert not (tmp_path / "o").exists()
+
+
+def test_each_reward_lands_on_the_sample_it_scored(tiny, tmp_path):
+    """A reward that encodes its own answer's text must sit on that answer's last token (a
+    known failure elsewhere: rewards matched back to samples by prompt text)."""
+    import zlib
+
+    def code(t):
+        return float(zlib.crc32(t.encode()) % 1000)
+
+    class _Own(_Toy):
+        def __init__(self, text):
+            super().__init__(text)
+            self.item_rewards = [0.0] * len(self.item_rewards)
+            self.list_reward = code(text)
+
+    tr = _toy_trainer(tiny, tmp_path, reward_fn=lambda rows, texts: [_Own(t) for t in texts], steps=1,
+                      grounded=False, max_new_tokens=6)
+    batch = tr.rollout()
+    n = batch["resp"].shape[0]
+    assert n == 16
+    texts = set()
+    for j in range(n):
+        length = int(batch["mask"][j].sum())
+        ans = batch["resp"][j, :length].tolist()
+        text = tr.tok.decode(ans, skip_special_tokens=True)
+        texts.add(text)
+        kl = float(batch["old_logp"][j, length - 1] - batch["ref_logp"][j, length - 1])
+        want = code(text)
+        # the score tensor is not kept; the last-token reward is recoverable from GAE's input
+        assert abs(float(batch["ret"][j, length - 1]) - (want - tr.cfg.kl_coef * kl)) < 1e-3, (j, text)
+    assert len(texts) > 1                                # the samples really differ
+    st = batch["stats"]
+    assert 0.0 <= st["same_reward_share"] <= 1.0 and st["reward/spread"] >= 0.0
