@@ -46,7 +46,7 @@ MODES = {
     # TRL does not truncate padding-free batches; no ml-100k row is near max_length anyway
     "padding_free": {"padding_free": True, "max_length": None},
     "packing": {"packing": True, "packing_strategy": "bfd"},
-    # what the recipes use: padding-free, LoRA on the top layers, bf16 autocast (AVX512-BF16)
+    # padding-free with bf16 autocast: only on CPUs with AVX512-BF16 or AMX (skipped elsewhere)
     "padding_free_bf16": {"padding_free": True, "max_length": None, "cpu_bf16": True},
 }
 LIMIT = 900           # real tokens/s: this CPU's bf16 limit for LoRA on SmolLM2's top 10 layers (DESIGN.md)

@@ -187,8 +187,8 @@ def make_backend(kind: str, model: str, adapter: str | None = None, **kw) -> Bac
         if problem is None:
             vkw = {k: v for k, v in kw.items() if v is not None or k != "enforce_eager"}
             if vkw.get("dtype") == "auto":
-                # measured on this project's CPUs (AVX512-BF16, no AMX): vLLM-CPU decodes 3.3x
-                # faster in float32 than in bfloat16 (bench/RESULTS.md); GPUs want bfloat16
+                # vLLM-CPU's bf16 GEMMs are slow without AMX: on this project's AVX2 machine
+                # float32 decodes 3.5x faster (bench/RESULTS.md); GPUs want bfloat16
                 import torch
 
                 vkw["dtype"] = "bfloat16" if torch.cuda.is_available() else "float32"

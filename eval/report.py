@@ -24,6 +24,11 @@ def _fmt(key: str, v) -> str:
     return f"{100 * v:.1f}%" if key in PCT else f"{v:.4f}"
 
 
+def _label(run: dict) -> str:
+    """A run's name in tables and legends: ``sft`` or ``sft (grounded)``."""
+    return run["name"] + (" (grounded)" if run.get("grounded") else "")
+
+
 def _fmt_ci(key: str, v, ci) -> str:
     """``value [lo, hi]`` (95% bootstrap interval over rows) when the run has intervals."""
     if v is None or not ci:
@@ -51,7 +56,7 @@ def _table(runs: list[dict], mode: str) -> list[str]:
             m = r.get(mode, {}).get(task)
             if m is None:
                 continue
-            label = r["name"] + (" (grounded)" if r.get("grounded") else "")
+            label = _label(r)
             ci = (r.get("intervals") or {}).get(task, {}) if mode == "exact" else {}
             lines.append(f"| {task} | {label} | {m['n_samples']} | "
                          + " | ".join(_fmt_ci(k, m.get(k), ci.get(k)) for k, _ in COLUMNS) + " |")
@@ -125,7 +130,7 @@ def _teacher_comparisons(runs: list[dict]) -> list[tuple[str, dict]]:
         ks = [k for k in rows if k in tr]
         if not ks:
             continue
-        label = r["name"] + (" (grounded)" if r.get("grounded") else "")
+        label = _label(r)
         for m in ("HR", "NDCG"):
             c = paired([tr[k][m] for k in ks], [rows[k][m] for k in ks])
             mean_t = sum(tr[k][m] for k in ks) / len(ks)
@@ -146,8 +151,7 @@ def _comparison_section(runs: list[dict]) -> list[str]:
              "| comparison | task | metric | n | first | second | difference [95% CI] | p | reads |",
              "|---|---|---|---|---|---|---|---|---|"]
     for a, b in comparison_pairs(runs):
-        la = a["name"] + (" (grounded)" if a.get("grounded") else "")
-        lb = b["name"] + (" (grounded)" if b.get("grounded") else "")
+        la, lb = _label(a), _label(b)
         try:
             comps = compare_runs(a, b)
         except ValueError as e:
@@ -172,7 +176,6 @@ def _comparison_section(runs: list[dict]) -> list[str]:
             lines.append(f"| {label} | {c['metric']}@10 | {c['n']} | {ratio} | {c['diff']:+.4f} "
                          f"[{c['lo']:+.4f}, {c['hi']:+.4f}] | {c['p']:.3g} | {verdict(c)} |")
     return lines
-    return lines
 
 
 def _plots(out: Path, runs: list[dict]) -> list[str]:
@@ -196,7 +199,7 @@ def _plots(out: Path, runs: list[dict]) -> list[str]:
             err = None
             if all(cis[j] for j in keep) and keep:
                 err = [[max(vals[j] - cis[j][0], 0) for j in keep], [max(cis[j][1] - vals[j], 0) for j in keep]]
-            label = r["name"] + (" (grounded)" if r.get("grounded") else "")
+            label = _label(r)
             ax.bar([j + i * width for j in keep], [vals[j] for j in keep], width, yerr=err, capsize=2, label=label)
         teacher = next((r["teacher"] for r in runs if r.get("teacher")), None)
         if teacher and key in ("HR", "NDCG") and "I0" in tasks:

@@ -88,7 +88,7 @@ class RecPPOConfig:
         "help": "who generates rollouts: 'vllm' (an in-process engine whose weights are synced to the "
                 "actor each step), 'hf' (generate on the training model), 'auto' (vLLM when it works)"})
     rollout_dtype: str = field(default="auto", metadata={
-        "help": "vLLM rollout dtype; auto: float32 on CPU (3.3x faster than bfloat16 on vLLM-CPU without "
+        "help": "vLLM rollout dtype; auto: float32 on CPU (3.5x faster than bfloat16 on vLLM-CPU without "
                 "AMX, bench/RESULTS.md), bfloat16 on GPU. Log-probs for the update come from the training model"})
     rollout_kv_cache_gib: float = field(default=1.0, metadata={"help": "vLLM rollout engine KV cache (GiB)"})
     rollout_enforce_eager: bool = field(default=True, metadata={
@@ -283,13 +283,14 @@ class RecPPOTrainer:
 
         if self.engine is None:
             return
+        block_of = re.compile(r"(.*\.layers\.\d+)\.")
         mods = dict(self.peft.named_modules())
         blocks = {m.group(1) for n, mod in mods.items() if isinstance(mod, LoraLayer) and "actor" in mod.lora_A
-                  for m in [re.match(r"(.*\.layers\.\d+)\.", n)] if m}
+                  for m in [block_of.match(n)] if m}
         weights = []
         with torch.no_grad():
             for name, mod in mods.items():
-                block = re.match(r"(.*\.layers\.\d+)\.", name)
+                block = block_of.match(name)
                 if not block or block.group(1) not in blocks:
                     continue
                 hf = name[len("base_model.model."):] if name.startswith("base_model.model.") else name
@@ -298,10 +299,8 @@ class RecPPOTrainer:
                     if "actor" in mod.lora_A:
                         w = w + mod.get_delta_weight("actor")
                     weights.append((f"{hf}.weight", w))
-                elif isinstance(mod, torch.nn.Linear) and not any(
-                        n.startswith(name + ".") for n in mods if isinstance(mods[n], LoraLayer)) \
-                        and ".base_layer" not in name and ".lora_" not in name:
-                    weights.append((f"{hf}.weight", mod.weight))
+                elif isinstance(mod, torch.nn.Linear) and ".base_layer" not in name and ".lora_" not in name:
+                    weights.append((f"{hf}.weight", mod.weight))     # a block's linear without any LoRA
         self.engine.load_weights(weights)
 
     @property
