@@ -71,6 +71,7 @@ class Backend:
 
 class HFBackend(Backend):
     """Batched ``generate`` with left padding; grounded decoding via a LogitsProcessor."""
+    kind = "hf"
 
     def __post_init__(self):
         import torch
@@ -83,7 +84,8 @@ class HFBackend(Backend):
             from peft import PeftModel
 
             check_adapter(self.adapter, resolve_model(self.model))
-            self.model_obj = PeftModel.from_pretrained(self.model_obj, self.adapter)
+            # merged: the same function, and generation (beam search above all) runs at base speed
+            self.model_obj = PeftModel.from_pretrained(self.model_obj, self.adapter).merge_and_unload()
             self.name = Path(self.adapter).name
         self.model_obj.eval()
         self.tok.padding_side = "left"
@@ -124,6 +126,16 @@ class HFBackend(Backend):
             new = gen[:, enc["input_ids"].shape[1]:]
             out.extend(self.tok.batch_decode(new, skip_special_tokens=True))
         return out
+
+    def beam_lists(self, prompts, grounded: Grounding, width: int = 10, length_penalty: float = 0.0) -> list[str]:
+        """Numbered lists of the best titles by grounded beam search (:mod:`recalign.eval.beam`)."""
+        from .beam import beam_lists
+
+        mi = grounded.max_items
+        ks = [mi] * len(prompts) if isinstance(mi, int) else list(mi)
+        return beam_lists(self.model_obj, self.tok, [self.chat_text(m) for m in prompts], self._trie(grounded.titles),
+                          grounded.histories, ks, width=width, batch_size=max(1, self.batch_size // width),
+                          length_penalty=length_penalty)
 
     def logprobs(self, texts, candidates):
         import torch

@@ -29,6 +29,7 @@ class TitleTrie:
     """Titles (1-based item index = position in ``titles`` + 1) as token paths."""
 
     def __init__(self, tokenizer, titles: Sequence[str], prefix: str = " "):
+        self.titles = list(titles)
         self.children: list[dict[int, int]] = [{}]
         self.terminal: list[int] = [0]            # item index ending at this node (0: none)
         self.paths: list[list[int]] = [[]]         # node path per item (index 0 unused)

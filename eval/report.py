@@ -24,9 +24,28 @@ def _fmt(key: str, v) -> str:
     return f"{100 * v:.1f}%" if key in PCT else f"{v:.4f}"
 
 
+def decoding(run: dict) -> str:
+    """``free``, ``grounded`` or ``beam`` (runs written before beam search: from ``grounded``)."""
+    return run.get("decoding") or ("grounded" if run.get("grounded") else "free")
+
+
 def _label(run: dict) -> str:
-    """A run's name in tables and legends: ``sft`` or ``sft (grounded)``."""
-    return run["name"] + (" (grounded)" if run.get("grounded") else "")
+    """A run's name in tables and legends: ``sft``, ``sft (grounded)`` or ``sft (beam)``."""
+    d = decoding(run)
+    return run["name"] + ("" if d == "free" else f" ({d})")
+
+
+REFERENCES = (("teacher", "SASRec teacher"), ("popularity", "most popular"))
+
+
+def _references(runs: list[dict]) -> list[tuple[str, dict]]:
+    """(label, block) of each ranking baseline on the I0 rows (from the first run that has it)."""
+    out = []
+    for key, label in REFERENCES:
+        block = next((r[key] for r in runs if r.get(key)), None)
+        if block:
+            out.append((label, block))
+    return out
 
 
 def _fmt_ci(key: str, v, ci) -> str:
@@ -61,10 +80,9 @@ def _table(runs: list[dict], mode: str) -> list[str]:
             lines.append(f"| {task} | {label} | {m['n_samples']} | "
                          + " | ".join(_fmt_ci(k, m.get(k), ci.get(k)) for k, _ in COLUMNS) + " |")
         if task == "I0":
-            t = next((r["teacher"] for r in runs if r.get("teacher")), None)
-            if t:
+            for ref, t in _references(runs):
                 ci = t.get("intervals", {}) if mode == "exact" else {}
-                lines.append(f"| I0 | SASRec teacher (reference) | {t['n_samples']} | "
+                lines.append(f"| I0 | {ref} (reference) | {t['n_samples']} | "
                              f"{_fmt_ci('HR', t['HR'], ci.get('HR'))} | {_fmt_ci('NDCG', t['NDCG'], ci.get('NDCG'))} |"
                              + " – |" * (len(COLUMNS) - 2))
     if mode == "exact" and any(r.get("intervals") for r in runs):
@@ -79,10 +97,10 @@ LABELS = {"Errors_rate": "Repeat+NonExist+InHistory@10", "CorrectCount": "Correc
 
 
 def comparison_pairs(runs: list[dict]) -> list[tuple[dict, dict]]:
-    """base → SFT and SFT → each other model, at the same grounding."""
+    """base → SFT and SFT → each other model, at the same decoding."""
     pairs = []
-    for g in sorted({bool(r.get("grounded")) for r in runs}):
-        same = [r for r in runs if bool(r.get("grounded")) == g]
+    for g in ("free", "grounded", "beam"):
+        same = [r for r in runs if decoding(r) == g]
         base = next((r for r in same if r["name"] == "base"), None)
         sft = next((r for r in same if r["name"] == "sft"), None)
         if base and sft:
@@ -117,25 +135,25 @@ def compare_runs(a: dict, b: dict) -> list[dict]:
     return out
 
 
-def _teacher_comparisons(runs: list[dict]) -> list[tuple[str, dict]]:
+def _teacher_comparisons(runs: list[dict]) -> list[tuple[str, str, dict]]:
+    """(model, reference, paired comparison) of each run's I0 HR/NDCG against each baseline."""
     from .stats import paired
 
-    t = next((r["teacher"] for r in runs if r.get("teacher") and r["teacher"].get("per_row")), None)
-    if not t:
-        return []
-    tr = {p["key"]: p for p in t["per_row"]}
     out = []
-    for r in runs:
-        rows = {p["key"]: p for p in r.get("per_row") or [] if p["task"] == "I0"}
-        ks = [k for k in rows if k in tr]
-        if not ks:
+    for ref, t in _references(runs):
+        if not t.get("per_row"):
             continue
-        label = _label(r)
-        for m in ("HR", "NDCG"):
-            c = paired([tr[k][m] for k in ks], [rows[k][m] for k in ks])
-            mean_t = sum(tr[k][m] for k in ks) / len(ks)
-            c["ratio"] = (sum(rows[k][m] or 0 for k in ks) / len(ks)) / mean_t if mean_t else None
-            out.append((label, {"task": "I0", "metric": m, **c}))
+        tr = {p["key"]: p for p in t["per_row"]}
+        for r in runs:
+            rows = {p["key"]: p for p in r.get("per_row") or [] if p["task"] == "I0"}
+            ks = [k for k in rows if k in tr]
+            if not ks:
+                continue
+            for m in ("HR", "NDCG"):
+                c = paired([tr[k][m] for k in ks], [rows[k][m] for k in ks])
+                mean_t = sum(tr[k][m] for k in ks) / len(ks)
+                c["ratio"] = (sum(rows[k][m] or 0 for k in ks) / len(ks)) / mean_t if mean_t else None
+                out.append((_label(r), ref, {"task": "I0", "metric": m, **c}))
     return out
 
 
@@ -168,12 +186,12 @@ def _comparison_section(runs: list[dict]) -> list[str]:
                          f"{c['p']:.3g} | {verdict(c)} |")
     tc = _teacher_comparisons(runs)
     if tc:
-        lines += ["", "Against the SASRec teacher on the same I0 prompt windows (model − teacher):", "",
-                  "| model | metric | n | ratio to teacher | difference [95% CI] | p | reads |",
-                  "|---|---|---|---|---|---|---|"]
-        for label, c in tc:
+        lines += ["", "Against the ranking baselines on the same I0 prompt windows (model − baseline):", "",
+                  "| model | baseline | metric | n | ratio to baseline | difference [95% CI] | p | reads |",
+                  "|---|---|---|---|---|---|---|---|"]
+        for label, ref, c in tc:
             ratio = f"{c['ratio']:.2f}x" if c.get("ratio") is not None else "–"
-            lines.append(f"| {label} | {c['metric']}@10 | {c['n']} | {ratio} | {c['diff']:+.4f} "
+            lines.append(f"| {label} | {ref} | {c['metric']}@10 | {c['n']} | {ratio} | {c['diff']:+.4f} "
                          f"[{c['lo']:+.4f}, {c['hi']:+.4f}] | {c['p']:.3g} | {verdict(c)} |")
     return lines
 
@@ -219,7 +237,7 @@ def _plots(out: Path, runs: list[dict]) -> list[str]:
         for r in runs:
             h = r.get("by_history_length") or {}
             if h:
-                ax.plot(list(h), [v["HR"] for v in h.values()], marker="o", label=r["name"])
+                ax.plot(list(h), [v["HR"] for v in h.values()], marker="o", label=_label(r))
         ax.set_xlabel("items in the prompt history")
         ax.set_ylabel("HR@10 (I0)")
         ax.set_title("HR@10 by history length")
@@ -292,15 +310,17 @@ def write_report(out: str | Path, runs: list[dict], curves: dict[str, list[dict]
     """``runs``: metrics.json contents; ``curves``: method -> trainer log history."""
     out = Path(out)
     lines = ["# recalign evaluation report", ""]
-    lines += ["| model | backend | grounded | split | rows | generation (s) |", "|---|---|---|---|---|---|"]
+    lines += ["| model | backend | decoding | split | rows | generation (s) |", "|---|---|---|---|---|---|"]
     for r in runs:
-        lines.append(f"| {r['name']} | {r.get('backend')} | {r.get('grounded')} | {r.get('split')} | "
+        lines.append(f"| {r['name']} | {r.get('backend')} | {decoding(r)} | {r.get('split')} | "
                      f"{r.get('n_rows')} | {r.get('generation_seconds')} |")
     lines += ["", "## Recommendation metrics (exact title matching)", ""] + _table(runs, "exact")
     lines += ["", "## Recommendation metrics (fuzzy matching, Levenshtein ≤ 3)", ""] + _table(runs, "fuzzy")
     lines += ["", "Percentages: share of samples (CPA, CorrectCount) or of the K list slots (TCP and the "
-                  "formatting errors). HR/NDCG use the target of the leave-one-out split; the teacher row "
-                  "ranks the same 10-item prompt windows with history items masked."]
+                  "formatting errors). HR/NDCG use the target of the leave-one-out split; the reference rows "
+                  "rank the same 10-item prompt windows with history items masked (teacher: SASRec; most "
+                  "popular: training-interaction counts). Decoding: free; grounded = greedy through the title "
+                  "trie; beam = grounded beam search over titles (D3 scoring)."]
     judged = [r for r in runs if r.get("judge")]
     if judged:
         lines += ["", "## Reward as judge (I0)", "",
@@ -310,7 +330,7 @@ def write_report(out: str | Path, runs: list[dict], curves: dict[str, list[dict]
         for r in judged:
             j = r["judge"]
             mr = f"{j['mean_rating']:.3f}" if j.get("mean_rating") is not None else "–"
-            lines.append(f"| {r['name']}{' (grounded)' if r.get('grounded') else ''} | {mr} | "
+            lines.append(f"| {_label(r)} | {mr} | "
                          f"{_fmt('CPA', j.get('coverage'))} | {j['n_known']} / {j['n_recommended']} |")
     ret = [r for r in runs if r.get("retention")]
     if ret:

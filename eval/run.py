@@ -28,10 +28,15 @@ class EvalConfig:
     adapter: str | None = None
     tasks: str = "I0,I1,I2"
     split: str = "test"
-    limit: int | None = None                 # rows per task
+    limit: int | dict | None = None          # rows per task; a dict gives some tasks their own n:
+                                             # {"I0": 200, "default": 100}
     grounded: bool = False
     grounded_strict: bool = True             # grounding also writes the numbering: the whole answer is
                                              # a numbered list of real titles (False: only marker-led lines)
+    beam: int = 0                            # with grounded: 0 = greedy through the title trie; N = rank
+                                             # titles by a grounded beam search of width N (eval/beam.py,
+                                             # D3 scoring; Hugging Face generate, whatever the backend)
+    beam_length_penalty: float = 0.0         # D3: none (transformers' default 1.0 favours long titles)
     backend: str = "auto"                   # vllm when it works here, else hf (with a note)
     dtype: str = "auto"                      # auto: float32 on CPU (faster there, bench/RESULTS.md), bfloat16
                                              # on GPU with vLLM
@@ -47,10 +52,21 @@ class EvalConfig:
     name: str | None = None                  # label in reports (default: adapter dir or "base")
 
 
-def load_rows(data: str | Path, split: str, tasks: str, limit: int | None) -> list[dict]:
+def _limits(limit, wanted: list[str], known: set[str]) -> dict[str, int | None]:
+    if not isinstance(limit, dict):
+        return {t: limit for t in wanted}
+    unknown = [k for k in limit if k != "default" and k not in known]
+    if unknown:
+        raise DataError(f"eval limit: {unknown[0]!r} is not a task ({', '.join(sorted(known))}) or 'default'")
+    return {t: limit.get(t, limit.get("default")) for t in wanted}
+
+
+def load_rows(data: str | Path, split: str, tasks: str, limit: int | dict | None) -> list[dict]:
     from recalign.tasks.spec import load_specs, resolve_tasks
 
-    wanted = [s.task for s in resolve_tasks(tasks, load_specs())]
+    specs = load_specs()
+    wanted = [s.task for s in resolve_tasks(tasks, specs)]
+    lim = _limits(limit, wanted, set(specs))
     path = Path(data) / f"{split}.jsonl"
     if not path.is_file():
         raise DataError(f"{path}: not found; build instruction data with `recalign data build --out {data}`")
@@ -59,12 +75,13 @@ def load_rows(data: str | Path, split: str, tasks: str, limit: int | None) -> li
         for line in f:
             row = json.loads(line)
             bucket = per_task.get(row["task"])
-            if bucket is not None and (limit is None or len(bucket) < limit):
+            if bucket is not None and (lim[row["task"]] is None or len(bucket) < lim[row["task"]]):
                 bucket.append(row)
     rows = [r for t in wanted for r in per_task[t]]
-    short = [f"{t}: {len(per_task[t])}" for t in wanted if limit is not None and 0 < len(per_task[t]) < limit]
+    short = [f"{t}: {len(per_task[t])} < {lim[t]}" for t in wanted
+             if lim[t] is not None and 0 < len(per_task[t]) < lim[t]]
     if short:
-        print(f"warning: {path} has fewer than --limit {limit} rows for some tasks; using all there are "
+        print(f"warning: {path} has fewer rows than the eval limit for some tasks; using all there are "
               f"({', '.join(short)})", flush=True)
     if not rows:
         raise DataError(f"{path}: no {split} rows for tasks {', '.join(wanted)}")
@@ -86,6 +103,23 @@ def eager_for(cfg: EvalConfig, n_rows: int) -> bool:
     return n_rows * cfg.max_new_tokens < EAGER_TOKENS
 
 
+def decoding(cfg: EvalConfig) -> str:
+    """``free``, ``grounded`` (greedy through the title trie) or ``beam`` (grounded beam search)."""
+    return "beam" if cfg.grounded and cfg.beam else "grounded" if cfg.grounded else "free"
+
+
+def _reference(name: str, i0: list[dict], top: list, **extra) -> dict:
+    from .stats import bootstrap_ci
+
+    pos = [list(tp).index(r["target"]) if r["target"] in tp else -1 for r, tp in zip(i0, top)]
+    hrs = [int(p >= 0) for p in pos]
+    ndcgs = [1 / np.log2(p + 2) if p >= 0 else 0.0 for p in pos]
+    ci = {"HR": bootstrap_ci(hrs), "NDCG": bootstrap_ci(ndcgs)}
+    return {"name": name, "HR": float(np.mean(hrs)), "NDCG": float(np.mean(ndcgs)), "n_samples": len(i0), **extra,
+            "intervals": {m: [c["lo"], c["hi"]] for m, c in ci.items()},
+            "per_row": [{"key": row_key(r), "HR": h, "NDCG": n} for r, h, n in zip(i0, hrs, ndcgs)]}
+
+
 def teacher_on_rows(teacher_dir: str | Path, ds: RecDataset, rows: list[dict], k: int = 10) -> dict | None:
     """The teacher's HR@10/NDCG@10 on the same I0 rows (same 10-item windows): the reference."""
     from recalign.teacher import Teacher
@@ -94,16 +128,22 @@ def teacher_on_rows(teacher_dir: str | Path, ds: RecDataset, rows: list[dict], k
     if not i0:
         return None
     t = Teacher.load(teacher_dir, data=ds)
-    from .stats import bootstrap_ci
+    return _reference("SASRec teacher", i0, t.topk([r["history"] for r in i0], k=k), teacher=str(teacher_dir))
 
-    top = t.topk([r["history"] for r in i0], k=k)
-    pos = [list(tp).index(r["target"]) if r["target"] in tp else -1 for r, tp in zip(i0, top)]
-    hrs = [int(p >= 0) for p in pos]
-    ndcgs = [1 / np.log2(p + 2) if p >= 0 else 0.0 for p in pos]
-    ci = {"HR": bootstrap_ci(hrs), "NDCG": bootstrap_ci(ndcgs)}
-    return {"HR": float(np.mean(hrs)), "NDCG": float(np.mean(ndcgs)), "n_samples": len(i0),
-            "teacher": str(teacher_dir), "intervals": {m: [c["lo"], c["hi"]] for m, c in ci.items()},
-            "per_row": [{"key": row_key(r), "HR": h, "NDCG": n} for r, h, n in zip(i0, hrs, ndcgs)]}
+
+def popularity_on_rows(ds: RecDataset, rows: list[dict], k: int = 10) -> dict | None:
+    """The most-popular baseline on the same I0 rows: the ``k`` items with the most training
+    interactions, the row's history window masked (as for the teacher)."""
+    i0 = [r for r in rows if r["task"] == "I0"]
+    if not i0:
+        return None
+    counts = np.bincount(np.concatenate(ds.train_sequences()), minlength=ds.n_items + 1)
+    order = [int(i) for i in np.argsort(-counts[1:], kind="stable") + 1]
+    top = []
+    for r in i0:
+        seen = set(r["history"])
+        top.append([i for i in order[:k + len(seen)] if i not in seen][:k])
+    return _reference("popularity", i0, top)
 
 
 CI_METRICS = ("HR", "NDCG", "TCP", "CPA", "CorrectCount", "RepeatItem_rate", "NonExist_rate", "InHistory_rate")
@@ -146,14 +186,27 @@ def run_eval(cfg: EvalConfig, overwrite: bool = False) -> Path:
         raise DataError(f"{cfg.data}/card.json does not name an existing dataset directory; rebuild with "
                         "`recalign data build`")
     ds = RecDataset.load(data_dir)
-    backend = make_backend(cfg.backend, cfg.model, cfg.adapter, batch_size=cfg.batch_size,
+    if cfg.beam and not cfg.grounded:
+        raise DataError("--beam N ranks catalog titles: it needs --grounded")
+    if cfg.beam < 0:
+        raise DataError(f"--beam {cfg.beam}: the beam width must be 0 (off) or positive")
+    kind = "hf" if cfg.beam else cfg.backend     # beam search runs on transformers' generate
+    if cfg.beam and cfg.backend == "vllm":
+        print("note: --beam runs on Hugging Face generate (vLLM's beam search takes no logits processor)",
+              flush=True)
+    backend = make_backend(kind, cfg.model, cfg.adapter, batch_size=cfg.batch_size,
                            dtype=cfg.dtype, enforce_eager=eager_for(cfg, len(rows)))
     grounding = None
     if cfg.grounded:
         grounding = Grounding(ds.catalog.titles[1:], [r["history"] for r in rows], strict=cfg.grounded_strict,
                               max_items=[r["item_count"] or 10 for r in rows])
     t0 = time.perf_counter()
-    answers = backend.generate([r["prompt"] for r in rows], Sampling(cfg.max_new_tokens, seed=cfg.seed), grounding)
+    if cfg.beam:
+        answers = backend.beam_lists([r["prompt"] for r in rows], grounding, width=cfg.beam,
+                                     length_penalty=cfg.beam_length_penalty)
+    else:
+        answers = backend.generate([r["prompt"] for r in rows], Sampling(cfg.max_new_tokens, seed=cfg.seed),
+                                   grounding)
     gen_s = time.perf_counter() - t0
     full = {}
     if ds.users is not None:
@@ -172,6 +225,7 @@ def run_eval(cfg: EvalConfig, overwrite: bool = False) -> Path:
         judge.pop("per_list")
     teacher_dir = cfg.teacher or card.get("config", {}).get("teacher")
     teacher = teacher_on_rows(teacher_dir, ds, rows) if teacher_dir and Path(teacher_dir).is_dir() else None
+    popularity = popularity_on_rows(ds, rows)
     retention = {}
     if cfg.mmlu or cfg.gsm8k:
         from .retention import run_retention
@@ -181,11 +235,12 @@ def run_eval(cfg: EvalConfig, overwrite: bool = False) -> Path:
         backend.close()             # an in-process engine holds its KV cache until closed
     name = cfg.name or backend.name
     metrics = {
-        "name": name, "model": cfg.model, "adapter": cfg.adapter, "backend": cfg.backend,
+        "name": name, "model": cfg.model, "adapter": cfg.adapter, "backend": getattr(backend, "kind", cfg.backend),
         "grounded": cfg.grounded, "grounded_strict": cfg.grounded_strict if cfg.grounded else None,
+        "decoding": decoding(cfg),
         "split": cfg.split, "n_rows": len(rows), "rows_sha256": _rows_hash(rows),
         "exact": res["exact"], "fuzzy": res["fuzzy"], "intervals": intervals, "per_row": per_row,
-        "teacher": teacher, "retention": retention,
+        "teacher": teacher, "popularity": popularity, "retention": retention,
         "judge": judge,
         "generation_seconds": round(gen_s, 1),
         "by_history_length": _hr_by_history(rows, res["samples_exact"]),

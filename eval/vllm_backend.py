@@ -191,6 +191,7 @@ class VLLMBackend(Backend):
     it through ``LoRARequest``; ``auto`` (default) merges on CPU, where vLLM's LoRA kernels
     make generation ~5× slower, and uses ``LoRARequest`` on GPUs. Both give the same text.
     """
+    kind = "vllm"
     enforce_eager: bool = False
     lora: str = "auto"
     kv_cache_gib: float | None = 1.0

@@ -146,18 +146,29 @@ class Pipeline:
               **(r.get("eval") or {})}
         grounded = ev.pop("grounded", [False])
         grounded = grounded if isinstance(grounded, list) else [grounded]
+        bad = [g for g in grounded if g not in (False, True, "beam")]
+        if bad:
+            raise DataError(f"recipe eval.grounded: {bad[0]!r} is not one of false, true, beam")
+        beam_width = ev.pop("beam", 10)
+        grounded_tasks = ev.pop("grounded_tasks", None)     # e.g. only I0 with grounding, to save time
         model = r.get("model", "smollm2-135m-instruct")
         runs = []
 
-        def evaluate(name: str, adapter: str | None, g: bool):
-            label = name + ("-grounded" if g else "")
-            settings = {**ev, "model": model, "adapter": adapter, "grounded": g}
+        def evaluate(name: str, adapter: str | None, g):
+            mode = "beam" if g == "beam" else "grounded" if g else "free"
+            label = name + ("" if mode == "free" else f"-{mode}")
+            settings = {**ev, "model": model, "adapter": adapter, "grounded": bool(g)}
             if g:
                 settings["grounded_strict"] = ev.get("grounded_strict", True)
+                if grounded_tasks:
+                    settings["tasks"] = grounded_tasks
+            if mode == "beam":
+                settings["beam"] = beam_width
+            cfg = {k: v for k, v in settings.items() if k not in ("model", "adapter", "grounded")}
             out = self.stage(f"eval-{label}", settings,
                              lambda out: run_eval(EvalConfig(data=str(inst), out=str(out), model=model,
-                                                             adapter=adapter, grounded=g, seed=seed, name=name,
-                                                             **ev), overwrite=True))
+                                                             adapter=adapter, grounded=bool(g), seed=seed,
+                                                             name=name, **cfg), overwrite=True))
             runs.append(json.loads((out / "metrics.json").read_text()))
 
         for g in grounded:

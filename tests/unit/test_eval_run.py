@@ -129,3 +129,46 @@ def test_report_renders_intervals_and_paired_comparisons(tmp_path):
     (tmp_path / "b").mkdir()
     text = write_report(tmp_path / "b", [runs[0], other]).read_text()
     assert "refused: cannot compare base and sft: they were evaluated on different test rows" in text
+
+
+def test_beam_eval_ranks_real_titles_and_reports_baselines(setup):
+    data, model, tmp, ds = setup
+    out = run_eval(EvalConfig(data=str(data), out=str(tmp / "beam"), model=str(model), tasks="I0", limit=2,
+                              grounded=True, beam=10, batch_size=10, name="tiny"))
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["decoding"] == "beam" and m["backend"] == "hf"
+    v = m["exact"]["I0"]
+    assert v["CorrectCount"] == 1 and v["NonExist_rate"] == v["RepeatItem_rate"] == v["InHistory_rate"] == 0
+    pop = m["popularity"]                              # the most-popular baseline on the same rows
+    assert pop["n_samples"] == 2 and {p["key"] for p in pop["per_row"]} == {p["key"] for p in m["per_row"]}
+    report = (out / "report.md").read_text()
+    assert "| I0 | tiny (beam) | 2 |" in report and "| I0 | most popular (reference) | 2 |" in report
+    with pytest.raises(DataError, match="needs --grounded"):
+        run_eval(EvalConfig(data=str(data), out=str(tmp / "b2"), model=str(model), beam=5))
+
+
+def test_popularity_masks_the_history_window(setup):
+    import numpy as np
+
+    from recalign.eval.run import popularity_on_rows
+
+    _, _, _, ds = setup
+    counts = np.bincount(np.concatenate(ds.train_sequences()), minlength=ds.n_items + 1)
+    top = [int(i) for i in np.argsort(-counts[1:], kind="stable")[:12] + 1]
+    rows = [{"task": "I0", "user_id": "u", "target": top[1], "history": [top[0]]},
+            {"task": "I0", "user_id": "v", "target": top[11], "history": [top[0]]}]
+    p = popularity_on_rows(ds, rows)
+    # history masked: the second most popular item moves to rank 1, the 12th to rank 11 (a miss)
+    assert [r["HR"] for r in p["per_row"]] == [1, 0] and p["per_row"][0]["NDCG"] == 1.0
+
+
+def test_limit_per_task_and_its_warning(setup, capsys):
+    from recalign.eval.run import load_rows
+
+    data, _, _, _ = setup
+    rows = load_rows(data, "test", "I0,I1", {"I0": 1, "default": 2})
+    assert [r["task"] for r in rows] == ["I0", "I1+", "I1+", "I1-", "I1-"]
+    load_rows(data, "test", "I0", {"I0": 10**6})
+    assert "fewer rows than the eval limit" in capsys.readouterr().out
+    with pytest.raises(DataError, match="'I9' is not a task"):
+        load_rows(data, "test", "I0", {"I9": 3})
