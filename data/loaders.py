@@ -493,6 +493,77 @@ def load_amazon(input_dir: Path | None = None, interactions: Path | None = None,
                    drop_top_level=True, unknown_items="drop", require_categories=True, notes=notes)
 
 
+# ----------------------------------------------------------------------------- Amazon 2023
+
+def _amazon2023_files(folder: Path) -> tuple[Path, Path]:
+    files = sorted(p for p in folder.iterdir() if p.is_file() and p.name.split(".")[0] and
+                   any(p.name.endswith(e) for e in (".jsonl", ".jsonl.gz", ".json", ".json.gz")))
+    meta = [p for p in files if p.name.startswith("meta_")]
+    reviews = [p for p in files if not p.name.startswith("meta_")]
+    if len(meta) != 1 or len(reviews) != 1:
+        raise DataError(f"{folder}: --dataset amazon2023 wants one reviews file (e.g. Movies_and_TV.jsonl) and one "
+                        f"meta file (meta_Movies_and_TV.jsonl); found {', '.join(p.name for p in files) or 'none'}; "
+                        "pass them with --interactions and --items")
+    return reviews[0], meta[0]
+
+
+def _amazon2023_path(rec: dict, path: Path, ln: int) -> list[list[str]]:
+    cats = rec.get("categories")
+    if cats not in (None, []) and not (isinstance(cats, list) and all(isinstance(c, str) for c in cats)):
+        raise DataError(f"{path}:{ln}: field 'categories' must be a list of names (a path), got {cats!r:.80}")
+    cats = [c.strip() for c in cats or [] if c.strip()]
+    if len(cats) > 1:
+        return [cats[1:]]                  # the first name repeats the file's main category
+    main = rec.get("main_category")
+    if cats:
+        return [cats]
+    return [[main.strip()]] if isinstance(main, str) and main.strip() else []
+
+
+def load_amazon2023(input_dir: Path | None = None, interactions: Path | None = None,
+                    items: Path | None = None, users: Path | None = None) -> RawData:
+    """Amazon Reviews 2023 (McAuley lab): reviews JSONL (``user_id``, ``parent_asin``,
+    ``rating``, ``timestamp`` in milliseconds) and meta JSONL (``parent_asin``, ``title``,
+    ``categories`` as one path, ``main_category``, ``details``), gzipped or not. Items are
+    ``parent_asin`` (variants of a product are one item, as in the release's benchmarks)."""
+    if interactions is None or items is None:
+        folder = Path(input_dir) if input_dir else None
+        if folder is None:
+            raise DataError("--dataset amazon2023 needs --input DIR (reviews + meta_* JSONL) or "
+                            "--interactions REVIEWS.jsonl --items META.jsonl")
+        found = _amazon2023_files(folder)
+        interactions, items = interactions or found[0], items or found[1]
+    interactions, items = Path(interactions), Path(items)
+    cols: dict[str, list] = {"user": [], "item": [], "timestamp": [], "rating": [], "line": []}
+    for ln, rec in iter_records(interactions, literal=False):
+        if "parent_asin" not in rec and "reviewerID" in rec:
+            raise DataError(f"{interactions}:{ln}: this is an Amazon 2014/2018 review (reviewerID, asin); "
+                            "use --dataset amazon")
+        cols["user"].append(_id_field(rec, "user_id", interactions, ln))
+        cols["item"].append(_id_field(rec, "parent_asin", interactions, ln))
+        ts = _int_time(rec.get("timestamp"), interactions, ln, "timestamp")
+        if ts < MS_THRESHOLD:
+            raise DataError(f"{interactions}:{ln}: field 'timestamp' = {ts} looks like seconds; Amazon 2023 "
+                            "reviews give milliseconds (is this another release? try --dataset amazon or generic)")
+        cols["timestamp"].append(ts // 1000)
+        cols["rating"].append(_rating(rec.get("rating"), interactions, ln, "rating"))
+        cols["line"].append(ln)
+    inter_df = _columns_frame(cols, interactions)
+    meta: dict[str, list] = {"item": [], "title": [], "paths": [], "year": []}
+    for ln, rec in iter_records(items, literal=False):
+        meta["item"].append(_id_field(rec, "parent_asin", items, ln))
+        title = rec.get("title")
+        meta["title"].append(title if isinstance(title, str) else "")
+        meta["paths"].append(_amazon2023_path(rec, items, ln))
+        details = rec.get("details") if isinstance(rec.get("details"), dict) else {}
+        when = next((v for k, v in details.items() if "date" in k.lower() or "year" in k.lower()), None)
+        meta["year"].append(_year_of(when) if isinstance(when, (str, int)) else None)
+    notes: list[str] = []
+    _dedupe_items(meta, items.name, notes)
+    return RawData(inter_df, _columns_frame(meta, items), None, [interactions, items],
+                   unknown_items="drop", require_categories=True, notes=notes)
+
+
 # ----------------------------------------------------------------------------- Steam
 
 
@@ -625,9 +696,22 @@ def _read_table(path: Path) -> tuple[list[str], int, Iterator[tuple[int, dict]]]
     return header, header_ln, rows()
 
 
-def _resolve(path: Path, columns: list[str], line: int, name: str, required: bool) -> str | None:
-    """The actual column for ``name``, accepting case-insensitive aliases and RecBole's
-    'user_id:token' suffixes."""
+# the flag that names a file's columns, per canonical field
+_MAP_FLAG = {"user": "--columns", "item": "--columns", "timestamp": "--columns", "rating": "--columns",
+             "title": "--item-columns", "categories": "--item-columns", "year": "--item-columns"}
+
+
+def _resolve(path: Path, columns: list[str], line: int, name: str, required: bool,
+             mapping: dict[str, str] | None = None, flag: str | None = None) -> str | None:
+    """The actual column for ``name``: the one ``mapping`` names (``--columns``), else a
+    case-insensitive alias (RecBole's 'user_id:token' suffixes accepted)."""
+    flag = flag or _MAP_FLAG[name]
+    if mapping and name in mapping:
+        col = mapping[name]
+        if col not in columns:
+            raise DataError(f"{path}:{line}: {flag} {name}={col}: the file has no column {col!r}"
+                            f"{suggest(col, columns)}; its columns: {', '.join(columns)}")
+        return col
     norm = {}
     for c in columns:
         norm.setdefault(c.split(":")[0].strip().lower(), c)
@@ -635,9 +719,46 @@ def _resolve(path: Path, columns: list[str], line: int, name: str, required: boo
         if alias in norm:
             return norm[alias]
     if required:
+        hints = {"item": ("id",), "user": ("user", "id"), "timestamp": ("time", "date"), "title": ("title", "name"),
+                 "categories": ("genre", "categ", "tag")}.get(name, (name,))
+        guess = next((c for h in hints for c in columns if h in c.lower() and not
+                      (name == "item" and "user" in c.lower())), columns[0] if columns else "COLUMN")
         raise DataError(f"{path}:{line}: no {name!r} column (accepted names: "
-                        f"{', '.join(_ALIASES[name])}); found columns: {', '.join(columns)}")
+                        f"{', '.join(_ALIASES[name])}); found columns: {', '.join(columns)}; name yours "
+                        f"with {flag} {name}=COLUMN (e.g. {flag} {name}={guess})")
     return None
+
+
+def parse_column_map(text: str | dict | None, allowed: tuple[str, ...], flag: str) -> dict[str, str]:
+    """``"user=userId,item=movieId,time=timestamp"`` (or a dict) -> {canonical: column}.
+
+    >>> parse_column_map("user=userId, time=ts", ("user", "item", "timestamp", "rating"), "--columns")
+    {'user': 'userId', 'timestamp': 'ts'}
+    """
+    if not text:
+        return {}
+    pairs = list(text.items()) if isinstance(text, dict) else []
+    if not pairs:
+        for part in str(text).split(","):
+            if not part.strip():
+                continue
+            if "=" not in part:
+                raise DataError(f"{flag} {text!r}: each entry is FIELD=COLUMN, e.g. {flag} "
+                                f"{allowed[0]}={allowed[0]}_id (fields: {', '.join(allowed)})")
+            k, v = part.split("=", 1)
+            pairs.append((k, v))
+    out = {}
+    for k, v in pairs:
+        k, v = str(k).strip(), str(v).strip()
+        k = {"time": "timestamp", "genres": "categories", "category": "categories"}.get(k, k)
+        if k not in allowed:
+            raise DataError(f"{flag}: unknown field {k!r}{suggest(k, allowed)}; fields: {', '.join(allowed)}")
+        if not v:
+            raise DataError(f"{flag}: field {k!r} names no column")
+        out[k] = v
+    if len(set(out.values())) != len(out):
+        raise DataError(f"{flag}: one column is given for two fields ({out})")
+    return out
 
 
 class _Fields:
@@ -645,17 +766,22 @@ class _Fields:
     first record (JSON lines); optional ones, in JSON lines, per record (keys may vary)."""
 
     def __init__(self, path: Path, columns: list[str], line: int, required: tuple[str, ...],
-                 optional: tuple[str, ...]):
-        self.path, self.optional = path, optional
-        self.key = {n: _resolve(path, columns, line, n, True) for n in required}
+                 optional: tuple[str, ...], mapping: dict[str, str] | None = None, flag: str | None = None):
+        self.path, self.optional, self.mapping, self.flag = path, optional, mapping or {}, flag
+        if len(set(columns)) != len(columns):
+            dup = next(c for c in columns if columns.count(c) > 1)
+            raise DataError(f"{path}:{line}: column {dup!r} appears twice in the header; rename one")
+        self.key = {n: _resolve(path, columns, line, n, True, self.mapping, flag) for n in required}
         self.fixed = _table_kind(path) != "json"
-        self._opt = {tuple(columns): {n: _resolve(path, columns, line, n, False) for n in optional}}
+        self._opt = {tuple(columns): {n: _resolve(path, columns, line, n, False, self.mapping, flag)
+                                      for n in optional}}
 
     def opt(self, rec: dict, name: str):
         """The optional field's value, or None when the record has no such column."""
         cols = next(iter(self._opt.values())) if self.fixed else self._opt.get(tuple(rec))
         if cols is None:
-            cols = self._opt[tuple(rec)] = {n: _resolve(self.path, list(rec), 0, n, False)
+            cols = self._opt[tuple(rec)] = {n: (self.mapping[n] if n in self.mapping else
+                                                _resolve(self.path, list(rec), 0, n, False))
                                             for n in self.optional}
         key = cols[name]
         return None if key is None else rec.get(key)
@@ -667,7 +793,7 @@ def _get(rec: dict, key: str, path: Path, lineno: int, name: str):
     return rec[key]
 
 
-def _generic_categories(value, path: Path, lineno: int) -> tuple[list[list[str]], str]:
+def _generic_categories(value, path: Path, lineno: int, sep: str = "|") -> tuple[list[list[str]], str]:
     """(paths, kind): kind is 'flat' for a list of tags, 'paths' otherwise, 'none' if empty."""
     if value is None or (isinstance(value, float) and value != value):
         return [], "none"
@@ -682,7 +808,9 @@ def _generic_categories(value, path: Path, lineno: int) -> tuple[list[list[str]]
                 raise DataError(f"{path}:{lineno}: field 'categories' looks like a JSON list but is not "
                                 f"valid JSON ({e.msg}): {s!r}") from None
         else:
-            parts = [p.strip() for p in s.split("|") if p.strip()]
+            parts = [p.strip() for p in s.split(sep) if p.strip()]
+            if sep != "|":              # "A,B,C" with --category-sep ,: tags, not one path
+                return [[p] for p in parts], ("flat" if parts else "none")
             return ([parts] if parts else []), "paths"
     if isinstance(value, list):
         if not value:
@@ -709,9 +837,36 @@ def _generic_file(folder: Path | None, stem: str, required: bool) -> Path | None
     return found[0] if found else None
 
 
+MS_THRESHOLD = 10 ** 11      # unix seconds reach 1e11 in the year 5138: larger integers are ms
+
+
+def _seconds(times: list[int], lines: list[int], path: Path, key: str, notes: list[str]) -> list[int]:
+    """Integer timestamps in seconds or milliseconds, detected per file (mixed units refused)."""
+    ms = [t >= MS_THRESHOLD for t in times]
+    if not any(ms):
+        return times
+    if not all(ms):
+        minority = min(True, False, key=lambda u: sum(1 for m in ms if m == u))
+        i = ms.index(minority)
+        raise DataError(f"{path}:{lines[i]}: field {key!r} = {times[i]} is in "
+                        f"{'milliseconds' if minority else 'seconds'} but most of the file is in "
+                        f"{'seconds' if minority else 'milliseconds'}; convert the file to one unit")
+    notes.append(f"{path.name}: timestamps read as milliseconds (all >= {MS_THRESHOLD:.0e})")
+    return [t // 1000 for t in times]
+
+
 def load_generic(input_dir: Path | None = None, interactions: Path | None = None,
-                 items: Path | None = None, users: Path | None = None) -> RawData:
-    """Any log: interactions (user, item, timestamp[, rating]) + items (item, title[, categories, year])."""
+                 items: Path | None = None, users: Path | None = None, columns: str | dict | None = None,
+                 item_columns: str | dict | None = None, category_sep: str = "|") -> RawData:
+    """Any log: interactions (user, item, timestamp[, rating]) + items (item, title[, categories, year]).
+
+    ``columns`` / ``item_columns`` name the file's columns when they are not the usual names
+    (``"user=userId,item=movieId,time=timestamp,rating=rating"``, ``"item=movieId,title=title,
+    categories=genres"``); ``category_sep`` splits a category string (``|``: one path
+    ``A|B|C``; any other separator: a list of tags). Integer timestamps may be seconds or
+    milliseconds (detected; the card notes it) or ISO dates."""
+    cmap = parse_column_map(columns, ("user", "item", "timestamp", "rating"), "--columns")
+    imap = parse_column_map(item_columns, ("item", "title", "categories", "year"), "--item-columns")
     folder = Path(input_dir) if input_dir else None
     if folder is not None and not folder.is_dir():
         raise DataError(f"--input {folder}: not a directory; pass --interactions and --items instead")
@@ -722,8 +877,8 @@ def load_generic(input_dir: Path | None = None, interactions: Path | None = None
     items = Path(items) if items else _generic_file(folder, "items", True)
     users = Path(users) if users else _generic_file(folder, "users", False)
 
-    columns, line, rows = _read_table(interactions)
-    fields = _Fields(interactions, columns, line, ("user", "item", "timestamp"), ("rating",))
+    header, line, rows = _read_table(interactions)
+    fields = _Fields(interactions, header, line, ("user", "item", "timestamp"), ("rating",), cmap, "--columns")
     key = fields.key
     cols: dict[str, list] = {"user": [], "item": [], "timestamp": [], "rating": [], "line": []}
     for ln, rec in rows:
@@ -735,10 +890,12 @@ def load_generic(input_dir: Path | None = None, interactions: Path | None = None
                                            interactions, ln, key["timestamp"], iso=True))
         cols["rating"].append(_rating(fields.opt(rec, "rating"), interactions, ln, "rating"))
         cols["line"].append(ln)
+    notes: list[str] = []
+    cols["timestamp"] = _seconds(cols["timestamp"], cols["line"], interactions, key["timestamp"], notes)
     inter_df = _columns_frame(cols, interactions)
 
-    columns, line, rows = _read_table(items)
-    fields = _Fields(items, columns, line, ("item", "title"), ("categories", "year"))
+    header, line, rows = _read_table(items)
+    fields = _Fields(items, header, line, ("item", "title"), ("categories", "year"), imap, "--item-columns")
     key = fields.key
     meta: dict[str, list] = {"item": [], "title": [], "paths": [], "year": []}
     kinds = set()
@@ -746,7 +903,7 @@ def load_generic(input_dir: Path | None = None, interactions: Path | None = None
         meta["item"].append(_id_value(_get(rec, key["item"], items, ln, "item"), key["item"], items, ln))
         title = rec.get(key["title"])
         meta["title"].append("" if title is None else str(title))
-        paths, kind = _generic_categories(fields.opt(rec, "categories"), items, ln)
+        paths, kind = _generic_categories(fields.opt(rec, "categories"), items, ln, category_sep)
         meta["paths"].append(paths)
         kinds.add(kind)
         year = fields.opt(rec, "year")
@@ -757,8 +914,8 @@ def load_generic(input_dir: Path | None = None, interactions: Path | None = None
 
     user_df = None
     if users is not None:
-        columns, line, rows = _read_table(users)
-        ukey = _resolve(users, columns, line, "user", True)
+        header, line, rows = _read_table(users)
+        ukey = _resolve(users, header, line, "user", True, cmap, "--columns")
         user_df = pd.DataFrame([{("user" if k == ukey else k): v for k, v in rec.items()} for _, rec in rows])
         if user_df.empty:
             raise DataError(f"{users}: no records found")
@@ -766,7 +923,39 @@ def load_generic(input_dir: Path | None = None, interactions: Path | None = None
     return RawData(inter_df, items_df, user_df,
                    [p for p in (interactions, items, users) if p is not None],
                    flat_categories="flat" in kinds and "paths" not in kinds,
-                   unknown_items="error", require_categories=False)
+                   unknown_items="error", require_categories=False, notes=notes)
+
+
+# ----------------------------------------------------------------------------- MovieLens CSV
+
+ML_NO_GENRE = "(no genres listed)"
+
+
+def load_movielens(input_dir: Path | None = None, interactions: Path | None = None,
+                   items: Path | None = None, users: Path | None = None) -> RawData:
+    """MovieLens CSV releases (ml-latest(-small), ml-20m, ml-25m, ml-32m): ``ratings.csv``
+    (userId, movieId, rating, timestamp) and ``movies.csv`` (movieId, title, genres with
+    ``|``-separated tags; "(no genres listed)" is no category). Titles keep their "(1995)",
+    which is also the item's year. ``tags.csv`` and ``links.csv`` are not read."""
+    folder = Path(input_dir) if input_dir else None
+    if folder is None and (interactions is None or items is None):
+        raise DataError("--dataset movielens needs --input DIR (with ratings.csv and movies.csv) or "
+                        "--interactions ratings.csv --items movies.csv")
+    interactions = Path(interactions) if interactions else _find(folder, ["ratings.csv"], "ratings", "movielens")
+    items = Path(items) if items else _find(folder, ["movies.csv"], "movies", "movielens")
+    raw = load_generic(None, interactions, items, None,
+                       columns={"user": "userId", "item": "movieId", "timestamp": "timestamp", "rating": "rating"},
+                       item_columns={"item": "movieId", "title": "title", "categories": "genres"},
+                       category_sep="\x00")       # no split here: genres are tags, split below
+    paths, years = [], []
+    for title, cats in zip(raw.items["title"], raw.items["paths"]):
+        tags = [t.strip() for c in cats for part in c for t in part.split("|")]
+        paths.append([[t] for t in tags if t and t != ML_NO_GENRE])
+        years.append(_ml_title_year(title)[1])
+    raw.items["paths"] = paths
+    raw.items["year"] = [y if y else None for y in years]
+    raw.flat_categories = True
+    return raw
 
 
 # ----------------------------------------------------------------------------- registry
@@ -777,6 +966,8 @@ LOADERS: dict[str, Callable[..., RawData]] = {
     "amazon": load_amazon,
     "steam": load_steam,
     "generic": load_generic,
+    "movielens": load_movielens,
+    "amazon2023": load_amazon2023,
 }
 
 
@@ -787,5 +978,10 @@ def load_raw(dataset: str, input_dir: str | os.PathLike | None = None, **files) 
                         f"choose one of {', '.join(LOADERS)}")
     if input_dir is not None and not Path(input_dir).exists():
         raise DataError(f"--input {input_dir}: no such file or directory")
+    mapping = {k: files.pop(k) for k in ("columns", "item_columns", "category_sep") if k in files}
+    mapping = {k: v for k, v in mapping.items() if v not in (None, "", {}) and not (k == "category_sep" and v == "|")}
+    if mapping and dataset != "generic":
+        raise DataError(f"--{next(iter(mapping)).replace('_', '-')} is for --dataset generic; {dataset} has a "
+                        "fixed layout")
     files = {k: (Path(v) if v is not None else None) for k, v in files.items()}
-    return LOADERS[dataset](Path(input_dir) if input_dir is not None else None, **files)
+    return LOADERS[dataset](Path(input_dir) if input_dir is not None else None, **files, **mapping)

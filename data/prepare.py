@@ -40,6 +40,10 @@ class PrepareOptions:
     category_depth: int | None = None     # keep at most this many levels of each path
     require_categories: bool | None = None  # drop items without a category (default per format)
     dedupe: bool = True                   # keep a user's first interaction with an item only
+    # --dataset generic: the file's own column names and category separator (data/loaders.py)
+    columns: str | dict | None = None     # "user=userId,item=movieId,time=timestamp,rating=rating"
+    item_columns: str | dict | None = None  # "item=movieId,title=title,categories=genres"
+    category_sep: str = "|"
 
 
 _WS = re.compile(r"\s+")
@@ -220,7 +224,8 @@ def prepare_dataset(out: str | Path, opts: PrepareOptions, input_dir=None, overw
     >>> prepare_dataset("runs/ml100k", PrepareOptions("ml-100k"))   # doctest: +SKIP
     PosixPath('runs/ml100k')
     """
-    raw = load_raw(opts.dataset, input_dir, **files)
+    raw = load_raw(opts.dataset, input_dir, columns=opts.columns, item_columns=opts.item_columns,
+                   category_sep=opts.category_sep, **files)
     res = prepare(raw, opts)
     with atomic_dir(out, overwrite=overwrite) as tmp:
         for name in ("items", "users", "interactions", "sequences"):

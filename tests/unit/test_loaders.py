@@ -565,3 +565,90 @@ def test_failure_while_writing_leaves_nothing(tmp_path, monkeypatch):
     with pytest.raises(OSError, match="disk full"):
         prepare_dataset(parent / "out", PrepareOptions(dataset="generic"), input_dir=FIX / "generic")
     assert leftovers(parent) == []
+
+
+# ----------------------------------------------------------------------------- column maps, MovieLens CSV
+
+ML_CSV = FIX / "movielens_csv"
+ML_COLS = "user=userId,item=movieId,time=timestamp,rating=rating"
+ML_ITEM_COLS = "item=movieId,title=title,categories=genres"
+
+
+def test_generic_with_a_column_map_reads_a_movielens_csv(tmp_path):
+    out, ds = prep(tmp_path, "generic", interactions=ML_CSV / "ratings.csv", items=ML_CSV / "movies.csv",
+                   columns=ML_COLS, item_columns=ML_ITEM_COLS)
+    assert ds.n_users == 3 and ds.n_items == 7
+    items = by_id(ds)
+    assert items["50"]["title"] == "Usual Suspects, The (1995)"
+    card = json.loads((out / "card.json").read_text())
+    assert card["config"]["columns"] == ML_COLS                # the map is part of the provenance
+
+
+def test_a_missing_column_names_the_flag_that_fixes_it(tmp_path):
+    with pytest.raises(DataError) as e:
+        load_raw("generic", None, interactions=ML_CSV / "ratings.csv", items=ML_CSV / "movies.csv")
+    msg = str(e.value)
+    assert "ratings.csv:1: no 'item' column" in msg and "found columns: userId, movieId, rating, timestamp" in msg
+    assert "--columns item=COLUMN (e.g. --columns item=movieId)" in msg     # userId is read as the user
+    with pytest.raises(DataError, match=r"ratings.csv:1: --columns item=movie_id: the file has no column "
+                                        r"'movie_id' \(did you mean 'movieId'\?\); its columns: userId"):
+        load_raw("generic", None, interactions=ML_CSV / "ratings.csv", items=ML_CSV / "movies.csv",
+                 columns="user=userId,item=movie_id,time=timestamp")
+    with pytest.raises(DataError, match=r"--columns: unknown field 'usr' \(did you mean 'user'\?\)"):
+        load_raw("generic", None, interactions=ML_CSV / "ratings.csv", items=ML_CSV / "movies.csv", columns="usr=userId")
+    with pytest.raises(DataError, match="--columns is for --dataset generic"):
+        load_raw("ml-100k", None, columns="user=u")
+
+
+def test_millisecond_timestamps_are_detected_and_mixed_units_refused(tmp_path):
+    d = tmp_path / "ms"
+    d.mkdir()
+    (d / "items.csv").write_text("item,title,categories\na,A,x\nb,B,y\nc,C,x\n")
+    (d / "interactions.csv").write_text("user,item,timestamp\nu,a,1600000000000\nu,b,1600000001000\n"
+                                        "u,c,1600000002000\nv,a,1600000000500\nv,c,1600000003000\nv,b,1600000004000\n")
+    raw = load_raw("generic", d)
+    assert raw.interactions["timestamp"].tolist()[:2] == [1600000000, 1600000001]
+    assert any("milliseconds" in n for n in raw.notes)
+    (d / "interactions.csv").write_text("user,item,timestamp\nu,a,1600000000000\nu,b,1600000001000\nu,c,1600000002\n")
+    with pytest.raises(DataError, match=r"interactions.csv:4: field 'timestamp' = 1600000002 is in seconds but "
+                                        r"most of the file is in milliseconds"):
+        load_raw("generic", d)
+    (d / "interactions.csv").write_text("user,item,item\nu,a,1\n")
+    with pytest.raises(DataError, match=r"interactions.csv:1: column 'item' appears twice"):
+        load_raw("generic", d)
+
+
+def test_category_separator_gives_tags(tmp_path):
+    d = tmp_path / "sep"
+    d.mkdir()
+    (d / "items.csv").write_text('item,title,genres\na,A,"Drama, War"\nb,B,Comedy\n')
+    (d / "interactions.csv").write_text("user,item,timestamp\nu,a,1\nu,b,2\n")
+    raw = load_raw("generic", d, category_sep=",")
+    assert raw.items["paths"].tolist() == [[["Drama"], ["War"]], [["Comedy"]]] and raw.flat_categories
+    assert load_raw("generic", d).items["paths"].tolist()[0] == [["Drama, War"]]    # "|": one path
+
+
+def test_movielens_csv_release(tmp_path):
+    out, ds = prep(tmp_path, "movielens", input_dir=ML_CSV)
+    items = by_id(ds)
+    assert list(items["193609"]["categories"]) == []                 # "(no genres listed)": none
+    assert set(items["1"]["categories"]) == {"Adventure", "Animation", "Children", "Comedy", "Fantasy"}
+    assert items["318"]["title"] == "Shawshank Redemption, The (1994)"
+    assert items["318"]["year"] in ("1994", 1994)
+    assert [len(s) for s in seqs(ds)] == [5, 5, 5]
+    with pytest.raises(DataError, match="no ratings file for --dataset movielens"):
+        load_raw("movielens", tmp_path)
+
+
+def test_amazon2023_release(tmp_path):
+    out, ds = prep(tmp_path, "amazon2023", input_dir=FIX / "amazon2023")
+    assert ds.n_users == 3 and ds.n_items == 5                     # B99 has no review: dropped
+    items = {r["title"]: r for r in ds.items.to_dict("records")}
+    assert list(items["Heat"]["categories"]) == ["Genre for Featured Categories", "Action & Adventure"]
+    assert list(items["The Usual Suspects"]["categories"]) == ["Prime Video"]   # main_category when no path
+    assert "Alien & Aliens" in items                                           # HTML entity unescaped
+    inter = pd.read_parquet(out / "interactions.parquet")
+    assert inter["timestamp"].min() == 1588615855                               # milliseconds -> seconds
+    with pytest.raises(DataError, match="use --dataset amazon"):
+        load_raw("amazon2023", None, interactions=FIX / "amazon2018" / "Movies_and_TV_5.json",
+                 items=FIX / "amazon2023" / "meta_Movies_and_TV.jsonl.gz")
