@@ -44,8 +44,10 @@ def worker(spec: dict) -> dict:
     from recalign.eval.run import load_rows
 
     rows = load_rows(spec["data"], "test", spec["tasks"], spec["limit"])
+    from recalign.data.util import card_path
+
     card = json.loads((Path(spec["data"]) / "card.json").read_text())
-    ds = RecDataset.load(card["config"]["data"])
+    ds = RecDataset.load(card_path(card["config"]["data"], spec["data"]))
     kw = {"dtype": spec["dtype"], "batch_size": 32}
     if spec["backend"] == "vllm":
         kw.update(enforce_eager=spec["eager"], lora=spec["lora"] or "auto")

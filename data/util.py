@@ -116,6 +116,32 @@ def provenance(stage: str, config: dict[str, Any], seed: int | None = None,
     }
 
 
+def card_relative(path: str | Path | None, card_dir: str | Path) -> str | None:
+    """``path`` as a card in ``card_dir`` stores it: relative to that directory, so that a
+    whole run folder can be moved, or used from another working directory.
+
+    >>> card_relative("runs/x/data", "runs/x/inst")
+    '../data'
+    """
+    if path is None:
+        return None
+    return os.path.relpath(Path(path).resolve(), Path(card_dir).resolve())
+
+
+def card_path(value: str | None, card_dir: str | Path) -> Path | None:
+    """A path a card stores, resolved: relative to the card's directory (absolute paths as they
+    are; a card written before paths travelled: relative to the working directory)."""
+    if not value:
+        return None
+    p = Path(value)
+    if p.is_absolute():
+        return p
+    cand = Path(os.path.normpath(Path(card_dir) / p))
+    if cand.exists() or not p.exists():
+        return cand
+    return p
+
+
 def suggest(name: str, choices) -> str:
     """`` (did you mean 'x'?)`` for a mistyped name, or an empty string."""
     import difflib

@@ -134,7 +134,7 @@ class HFBackend(Backend):
         mi = grounded.max_items
         ks = [mi] * len(prompts) if isinstance(mi, int) else list(mi)
         return beam_lists(self.model_obj, self.tok, [self.chat_text(m) for m in prompts], self._trie(grounded.titles),
-                          grounded.histories, ks, width=width, batch_size=max(1, self.batch_size // width),
+                          grounded.histories, ks, width=width, batch_size=max(1, min(8, self.batch_size)),
                           length_penalty=length_penalty)
 
     def logprobs(self, texts, candidates):

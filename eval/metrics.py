@@ -34,8 +34,8 @@ import math
 from typing import Iterable, Mapping, Sequence
 
 from recalign.data import Catalog, normalize_title
-from recalign.rewards.parser import ParsedItem, catalog_index, completion_text, match_title, parse_items
-from recalign.rewards.reclm import RowSpec, row_spec
+from recalign.rewards.parser import ParsedItem, catalog_index, completion_text, lookup_item, match_title, parse_answer
+from recalign.rewards.reclm import RowSpec, row_rule, row_spec
 
 __all__ = ["COUNT_METRICS", "sample_metrics", "aggregate_metrics", "evaluate"]
 
@@ -45,17 +45,19 @@ _ORDER = ("HR", "NDCG", "MRR", "TCP", "CPA", "CorrectCount", "NonExist", "NonExi
 
 
 def sample_metrics(row: Mapping, completion, catalog: Catalog, *, fuzzy: bool = False,
-                   full_history: Sequence[int] | None = None, spec: RowSpec | None = None) -> dict:
+                   full_history: Sequence[int] | None = None, spec: RowSpec | None = None,
+                   parser: str = "lenient") -> dict:
     """Metrics of one answer. ``completion``: text, conversational messages, or a list of
     titles. ``full_history`` (or the row's ``full_history`` field): the user's whole history
-    for ``InFullHistory``. A bad row raises ValueError naming the field and the task; model
-    output never raises."""
+    for ``InFullHistory``. ``parser``: ``lenient`` (ours) or ``strict`` (RecLM-gen's: every
+    line is an item, exact case-sensitive titles; see :func:`~recalign.rewards.parser.parse_answer`).
+    A bad row raises ValueError naming the field and the task; model output never raises."""
     if spec is None:
         spec = row_spec(row, catalog)
     if isinstance(completion, (list, tuple)) and all(isinstance(t, str) for t in completion):
         parsed = [ParsedItem(t.strip(), -1, -1, -1) for t in completion]
     else:
-        parsed = parse_items(completion_text(completion), catalog)
+        parsed = parse_answer(completion_text(completion), catalog, parser)
     if full_history is None:
         full_history = row.get("full_history")
     full = None
@@ -67,13 +69,16 @@ def sample_metrics(row: Mapping, completion, catalog: Catalog, *, fuzzy: bool = 
                              f"{spec.task!r}") from None
     k = spec.m
     top = parsed[:k]
-    lookup = catalog_index(catalog).lookup
     items = []
-    for it in top:
-        item = lookup(it.title) if it.title else None
-        if item is None and it.title:
-            item = match_title(catalog, it.title, fuzzy)
-        items.append(item)
+    if parser == "strict":
+        items = [lookup_item(catalog, it.title, "strict", fuzzy) for it in top]
+    else:
+        lookup = catalog_index(catalog).lookup
+        for it in top:
+            item = lookup(it.title) if it.title else None
+            if item is None and it.title:
+                item = match_title(catalog, it.title, fuzzy)
+            items.append(item)
 
     nonexist = repeat = in_hist = in_full = in_cat = out_cat = 0
     seen: set = set()
@@ -96,7 +101,8 @@ def sample_metrics(row: Mapping, completion, catalog: Catalog, *, fuzzy: bool = 
             repeat += 1
         seen.add(key)
 
-    out: dict = {"task": spec.task, "K": k, "n_items": len(parsed),
+    # a user's task keeps its own name in reports; it is judged by its rule (spec.task)
+    out: dict = {"task": row["task"] if row.get("rule") else spec.task, "K": k, "n_items": len(parsed),
                  "CorrectCount": int(len(parsed) == k)}
     if spec.target is None:
         out.update(HR=None, NDCG=None, MRR=None)
@@ -164,11 +170,11 @@ def aggregate_metrics(samples: Iterable[Mapping]) -> dict[str, dict[str, float]]
 
 def evaluate(rows: Sequence[Mapping], completions: Sequence, catalog: Catalog, *, fuzzy: bool = True,
              full_histories: Sequence[Sequence[int] | None] | None = None,
-             return_samples: bool = False, skip_other_tasks: bool = True) -> dict:
+             return_samples: bool = False, skip_other_tasks: bool = True, parser: str = "lenient") -> dict:
     """Aggregated metrics of a set of answers: ``{"exact": {task: {...}}, "fuzzy": {...}}``
     (``"fuzzy"`` only when asked; exact and fuzzy matching are reported separately).
 
-    Rows of tasks other than I0/I1/I2 (item search I3, chat I4, ...) are skipped and
+    Rows whose task is not scored as a list (no ``rule``: item search I3, chat I4, ...) are skipped and
     counted in ``"skipped"`` (``skip_other_tasks=False`` makes them raise instead). With
     ``return_samples``, also ``"samples_exact"`` / ``"samples_fuzzy"``: the per-sample dicts
     of the evaluated rows, in input order."""
@@ -179,13 +185,13 @@ def evaluate(rows: Sequence[Mapping], completions: Sequence, catalog: Catalog, *
     keep, skipped = [], {}
     for i, r in enumerate(rows):
         task = r.get("task") if isinstance(r, Mapping) else None
-        if skip_other_tasks and not (isinstance(task, str) and task.strip()[:2] in ("I0", "I1", "I2")):
+        if skip_other_tasks and not (isinstance(r, Mapping) and row_rule(r)):
             skipped[str(task)] = skipped.get(str(task), 0) + 1
             continue
         keep.append((i, r, row_spec(r, catalog)))
     out: dict = {}
     for mode in ((False, True) if fuzzy else (False,)):
-        samples = [sample_metrics(r, completions[i], catalog, fuzzy=mode, spec=s,
+        samples = [sample_metrics(r, completions[i], catalog, fuzzy=mode, spec=s, parser=parser,
                                   full_history=None if full_histories is None else full_histories[i])
                    for i, r, s in keep]
         name = "fuzzy" if mode else "exact"

@@ -35,6 +35,13 @@ def _label(run: dict) -> str:
     return run["name"] + ("" if d == "free" else f" ({d})")
 
 
+def _protocol_defaults() -> dict:
+    from recalign.protocol import PROTOCOLS
+
+    return {n: p.as_dict() for n, p in PROTOCOLS.items()}
+
+
+PROTOCOL_DEFAULTS = _protocol_defaults()
 REFERENCES = (("teacher", "SASRec teacher"), ("popularity", "most popular"))
 
 
@@ -117,9 +124,11 @@ def compare_runs(a: dict, b: dict) -> list[dict]:
 
     if a.get("rows_sha256") and b.get("rows_sha256") and a["rows_sha256"] != b["rows_sha256"]:
         raise ValueError(f"cannot compare {a['name']} and {b['name']}: they were evaluated on different test rows")
-    if a.get("protocol") != b.get("protocol"):
-        raise ValueError(f"cannot compare {a['name']} ({a.get('protocol')}) and {b['name']} "
-                         f"({b.get('protocol')}): different protocols")
+    from recalign.protocol import protocol_of
+
+    pa, pb = protocol_of(a), protocol_of(b)
+    if pa != pb:
+        raise ValueError(f"cannot compare {a['name']} ({pa}) and {b['name']} ({pb}): different protocols")
     ra = {p["key"]: p for p in a.get("per_row") or []}
     rb = {p["key"]: p for p in b.get("per_row") or []}
     keys = [k for k in ra if k in rb]
@@ -306,13 +315,42 @@ def _curve_section(out: Path, curves: dict[str, list[dict]]) -> list[str]:
     return lines + ["", "![plots/training_curves.png](plots/training_curves.png)"]
 
 
-def write_report(out: str | Path, runs: list[dict], curves: dict[str, list[dict]] | None = None) -> Path:
-    """``runs``: metrics.json contents; ``curves``: method -> trainer log history."""
+def _validation_section(validation: dict[str, dict]) -> list[str]:
+    rows = {m: v for m, v in (validation or {}).items() if v}
+    if not rows:
+        return []
+    lines = ["", "## RL checkpoint selection (validation)", "",
+             "Greedy answers on the same validation rows before RL (step 0 = the SFT model) and at every "
+             "checkpoint, scored with the list reward; the stage keeps the best.", "",
+             "| method | rows | list reward per step | best step | best − SFT [95% CI] | p | beats SFT |",
+             "|---|---|---|---|---|---|---|"]
+    for m, v in rows.items():
+        curve = ", ".join(f"{c['step']}: {c['reward']:.3f}" for c in v["curve"] if c["reward"] is not None)
+        c = v.get("best_vs_sft")
+        diff = f"{c['diff']:+.3f} [{c['lo']:+.3f}, {c['hi']:+.3f}]" if c else "–"
+        p = f"{c['p']:.3g}" if c else "–"
+        beats = {True: "yes", False: "no"}.get(v.get("beats_sft"), "–")
+        if v.get("best_step") == 0:
+            beats = "no: no RL checkpoint scored above the SFT model"
+        lines.append(f"| {m} | {v['rows']} | {curve} | {v.get('best_step')} | {diff} | {p} | {beats} |")
+    return lines
+
+
+def write_report(out: str | Path, runs: list[dict], curves: dict[str, list[dict]] | None = None,
+                 validation: dict[str, dict] | None = None) -> Path:
+    """``runs``: metrics.json contents; ``curves``: method -> trainer log history;
+    ``validation``: method -> the RL card's validation summary (checkpoint selection)."""
     out = Path(out)
     lines = ["# recalign evaluation report", ""]
-    lines += ["| model | backend | decoding | split | rows | generation (s) |", "|---|---|---|---|---|---|"]
+    from recalign.protocol import protocol_of
+
+    lines += ["| model | backend | decoding | protocol | split | rows | generation (s) |",
+              "|---|---|---|---|---|---|---|"]
     for r in runs:
-        lines.append(f"| {r['name']} | {r.get('backend')} | {decoding(r)} | {r.get('split')} | "
+        p = protocol_of(r)
+        proto = p["name"] + "".join(f", {k} {v}" for k, v in p.items()
+                                    if k != "name" and v != PROTOCOL_DEFAULTS[p["name"]].get(k))
+        lines.append(f"| {r['name']} | {r.get('backend')} | {decoding(r)} | {proto} | {r.get('split')} | "
                      f"{r.get('n_rows')} | {r.get('generation_seconds')} |")
     lines += ["", "## Recommendation metrics (exact title matching)", ""] + _table(runs, "exact")
     lines += ["", "## Recommendation metrics (fuzzy matching, Levenshtein ≤ 3)", ""] + _table(runs, "fuzzy")
@@ -343,6 +381,7 @@ def write_report(out: str | Path, runs: list[dict], curves: dict[str, list[dict]
     plots = _plots(out, runs)
     lines += ["", "## Plots", ""] + [f"![{p}]({p})" for p in plots]
     lines += _curve_section(out, curves or {})
+    lines += _validation_section(validation or {})
     lines += ["", "## Provenance", ""]
     for r in runs:
         p = r.get("provenance", {})

@@ -14,7 +14,9 @@ from pathlib import Path
 import numpy as np
 
 from recalign.data import DataError, RecDataset
-from recalign.data.util import atomic_dir, provenance, sha256_file, write_json
+from recalign.data.util import atomic_dir, card_path, provenance, sha256_file, write_json
+
+from recalign.rewards.reclm import row_rule
 
 from .backends import Grounding, Sampling, make_backend
 from .metrics import evaluate
@@ -50,6 +52,10 @@ class EvalConfig:
     retention_limit: int | None = 100
     seed: int = 0
     name: str | None = None                  # label in reports (default: adapter dir or "base")
+    protocol: str = "recalign"               # scoring rules: recalign | reclm-gen (recalign/protocol.py)
+    parser: str | None = None                # one protocol option overridden: lenient | strict
+    rescore: str | None = None               # an eval output dir: score its answers again (same rows),
+                                             # e.g. under another protocol; nothing is generated
 
 
 def _limits(limit, wanted: list[str], known: set[str]) -> dict[str, int | None]:
@@ -62,9 +68,12 @@ def _limits(limit, wanted: list[str], known: set[str]) -> dict[str, int | None]:
 
 
 def load_rows(data: str | Path, split: str, tasks: str, limit: int | dict | None) -> list[dict]:
-    from recalign.tasks.spec import load_specs, resolve_tasks
+    from recalign.tasks.spec import load_specs, resolve_tasks, specs_from_card
 
     specs = load_specs()
+    card = Path(data) / "card.json"
+    if card.is_file():              # the tasks the data was built with, a user's own included
+        specs.update(specs_from_card(json.loads(card.read_text())))
     wanted = [s.task for s in resolve_tasks(tasks, specs)]
     lim = _limits(limit, wanted, set(specs))
     path = Path(data) / f"{split}.jsonl"
@@ -124,7 +133,7 @@ def teacher_on_rows(teacher_dir: str | Path, ds: RecDataset, rows: list[dict], k
     """The teacher's HR@10/NDCG@10 on the same I0 rows (same 10-item windows): the reference."""
     from recalign.teacher import Teacher
 
-    i0 = [r for r in rows if r["task"] == "I0"]
+    i0 = [r for r in rows if row_rule(r) == "I0"]
     if not i0:
         return None
     t = Teacher.load(teacher_dir, data=ds)
@@ -134,7 +143,7 @@ def teacher_on_rows(teacher_dir: str | Path, ds: RecDataset, rows: list[dict], k
 def popularity_on_rows(ds: RecDataset, rows: list[dict], k: int = 10) -> dict | None:
     """The most-popular baseline on the same I0 rows: the ``k`` items with the most training
     interactions, the row's history window masked (as for the teacher)."""
-    i0 = [r for r in rows if r["task"] == "I0"]
+    i0 = [r for r in rows if row_rule(r) == "I0"]
     if not i0:
         return None
     counts = np.bincount(np.concatenate(ds.train_sequences()), minlength=ds.n_items + 1)
@@ -159,7 +168,7 @@ def intervals_and_rows(rows: list[dict], samples: list[dict]) -> tuple[dict, lis
     the paired comparisons need (see :mod:`recalign.eval.stats`)."""
     from .stats import bootstrap_ci
 
-    scored = [r for r in rows if r["task"][:2] in ("I0", "I1", "I2")]
+    scored = [r for r in rows if row_rule(r)]
     per_row = []
     for r, s in zip(scored, samples):
         rec = {"key": row_key(r), "task": r["task"], **{m: s.get(m) for m in CI_METRICS}}
@@ -177,15 +186,18 @@ def intervals_and_rows(rows: list[dict], samples: list[dict]) -> tuple[dict, lis
 
 
 def run_eval(cfg: EvalConfig, overwrite: bool = False) -> Path:
-    from .report import write_report
-
     rows = load_rows(cfg.data, cfg.split, cfg.tasks, cfg.limit)
     card = json.loads((Path(cfg.data) / "card.json").read_text()) if (Path(cfg.data) / "card.json").is_file() else {}
-    data_dir = card.get("config", {}).get("data")
+    data_dir = card_path(card.get("config", {}).get("data"), cfg.data)
     if not data_dir or not Path(data_dir).is_dir():
         raise DataError(f"{cfg.data}/card.json does not name an existing dataset directory; rebuild with "
                         "`recalign data build`")
     ds = RecDataset.load(data_dir)
+    from recalign.protocol import get_protocol
+
+    proto = get_protocol(cfg.protocol, parser=cfg.parser)
+    if cfg.rescore:
+        return _rescore(cfg, rows, ds, card, proto, overwrite)
     if cfg.beam and not cfg.grounded:
         raise DataError("--beam N ranks catalog titles: it needs --grounded")
     if cfg.beam < 0:
@@ -208,24 +220,7 @@ def run_eval(cfg: EvalConfig, overwrite: bool = False) -> Path:
         answers = backend.generate([r["prompt"] for r in rows], Sampling(cfg.max_new_tokens, seed=cfg.seed),
                                    grounding)
     gen_s = time.perf_counter() - t0
-    full = {}
-    if ds.users is not None:
-        by_id = dict(zip(ds.users["user_id"].astype(str), ds.users["user_idx"]))
-        cut = {"test": 1, "valid": 2}.get(cfg.split, 2)
-        full = {r["user_id"]: ds.sequences[by_id[r["user_id"]]][:-cut] for r in rows if r["user_id"] in by_id}
-    res = evaluate(rows, answers, ds.catalog, fuzzy=True, return_samples=True,
-                   full_histories=[full.get(r["user_id"]) for r in rows])
-    intervals, per_row = intervals_and_rows(rows, res["samples_exact"])
-    judge = None
-    i0 = [(r, a) for r, a in zip(rows, answers) if r["task"] == "I0"]
-    if i0 and ds.ratings is not None:
-        from recalign.rewards import judge_ratings, parse_list
-
-        judge = judge_ratings(ds, [r for r, _ in i0], [parse_list(a, ds.catalog) for _, a in i0])
-        judge.pop("per_list")
-    teacher_dir = cfg.teacher or card.get("config", {}).get("teacher")
-    teacher = teacher_on_rows(teacher_dir, ds, rows) if teacher_dir and Path(teacher_dir).is_dir() else None
-    popularity = popularity_on_rows(ds, rows)
+    backend_kind = getattr(backend, "kind", cfg.backend)
     retention = {}
     if cfg.mmlu or cfg.gsm8k:
         from .retention import run_retention
@@ -233,9 +228,35 @@ def run_eval(cfg: EvalConfig, overwrite: bool = False) -> Path:
         retention = run_retention(backend, mmlu=cfg.mmlu, gsm8k=cfg.gsm8k, limit=cfg.retention_limit)
     if hasattr(backend, "close"):
         backend.close()             # an in-process engine holds its KV cache until closed
-    name = cfg.name or backend.name
+    return _score_and_write(cfg, rows, answers, ds, card, proto, overwrite, name=cfg.name or backend.name,
+                            backend=backend_kind, gen_s=gen_s, retention=retention)
+
+
+def _score_and_write(cfg: EvalConfig, rows, answers, ds, card, proto, overwrite, *, name, backend, gen_s,
+                     retention, extra: dict | None = None) -> Path:
+    from .report import write_report
+
+    full = {}
+    if ds.users is not None:
+        by_id = dict(zip(ds.users["user_id"].astype(str), ds.users["user_idx"]))
+        cut = {"test": 1, "valid": 2}.get(cfg.split, 2)
+        full = {r["user_id"]: ds.sequences[by_id[r["user_id"]]][:-cut] for r in rows if r["user_id"] in by_id}
+    res = evaluate(rows, answers, ds.catalog, fuzzy=True, return_samples=True, parser=proto.parser,
+                   full_histories=[full.get(r["user_id"]) for r in rows])
+    _keep_task_metrics(res, cfg.data)
+    intervals, per_row = intervals_and_rows(rows, res["samples_exact"])
+    judge = None
+    i0 = [(r, a) for r, a in zip(rows, answers) if row_rule(r) == "I0"]
+    if i0 and ds.ratings is not None:
+        from recalign.rewards import judge_ratings, parse_list
+
+        judge = judge_ratings(ds, [r for r, _ in i0], [parse_list(a, ds.catalog) for _, a in i0])
+        judge.pop("per_list")
+    teacher_dir = cfg.teacher or card_path(card.get("config", {}).get("teacher"), cfg.data)
+    teacher = teacher_on_rows(teacher_dir, ds, rows) if teacher_dir and Path(teacher_dir).is_dir() else None
+    popularity = popularity_on_rows(ds, rows)
     metrics = {
-        "name": name, "model": cfg.model, "adapter": cfg.adapter, "backend": getattr(backend, "kind", cfg.backend),
+        "name": name, "model": cfg.model, "adapter": cfg.adapter, "backend": backend, "protocol": proto.as_dict(),
         "grounded": cfg.grounded, "grounded_strict": cfg.grounded_strict if cfg.grounded else None,
         "decoding": decoding(cfg),
         "split": cfg.split, "n_rows": len(rows), "rows_sha256": _rows_hash(rows),
@@ -244,12 +265,13 @@ def run_eval(cfg: EvalConfig, overwrite: bool = False) -> Path:
         "judge": judge,
         "generation_seconds": round(gen_s, 1),
         "by_history_length": _hr_by_history(rows, res["samples_exact"]),
+        **(extra or {}),
     }
     with atomic_dir(cfg.out, overwrite=overwrite) as tmp:
         with open(tmp / "generations.jsonl", "w", encoding="utf-8") as f:
             samples = iter(res["samples_exact"])
             for r, a in zip(rows, answers):
-                scored = r["task"][:2] in ("I0", "I1", "I2")
+                scored = row_rule(r) is not None
                 s = next(samples) if scored else None
                 f.write(json.dumps({"task": r["task"], "user_id": r["user_id"], "target": r["target"],
                                     "category": r["category"], "n": r["n"], "item_count": r["item_count"],
@@ -263,6 +285,45 @@ def run_eval(cfg: EvalConfig, overwrite: bool = False) -> Path:
     return Path(cfg.out)
 
 
+def _keep_task_metrics(res: dict, data: str | Path) -> None:
+    """Each task's table holds the metrics its task file lists (``metrics:``); "all" keeps every one."""
+    from recalign.tasks.spec import load_specs, specs_from_card
+
+    specs = load_specs()
+    card = Path(data) / "card.json"
+    if card.is_file():
+        specs.update(specs_from_card(json.loads(card.read_text())))
+    for mode in ("exact", "fuzzy"):
+        for task, agg in res.get(mode, {}).items():
+            spec = specs.get(task)
+            if task == "all" or spec is None or not spec.metrics:
+                continue
+            keep = set(spec.metric_keys()) | {"n_samples", "K", "n_items"}
+            for k in [k for k in agg if k not in keep and not (k.startswith("n_") and k[2:] in keep)]:
+                del agg[k]
+
+
+def _rescore(cfg: EvalConfig, rows, ds, card, proto, overwrite) -> Path:
+    """Score the answers of an earlier eval (``cfg.rescore``) on the same rows, under
+    ``proto``: a protocol comparison costs no generation."""
+    src = Path(cfg.rescore)
+    gens_path, metrics_path = src / "generations.jsonl", src / "metrics.json"
+    if not gens_path.is_file() or not metrics_path.is_file():
+        raise DataError(f"--rescore {src}: no generations.jsonl/metrics.json there (an output of `recalign eval`)")
+    old = json.loads(metrics_path.read_text())
+    gens = [json.loads(x) for x in gens_path.read_text(encoding="utf-8").splitlines() if x.strip()]
+    mismatch = len(gens) != len(rows) or any(
+        (g["task"], g["user_id"], g["target"]) != (r["task"], r["user_id"], r["target"]) for g, r in zip(gens, rows))
+    if mismatch or (old.get("rows_sha256") and old["rows_sha256"] != _rows_hash(rows)):
+        raise DataError(f"--rescore {src}: its {len(gens)} answers are not for the {len(rows)} rows selected by "
+                        f"--data {cfg.data} --tasks {cfg.tasks} --limit {cfg.limit}; use that run's settings")
+    extra = {k: old[k] for k in ("model", "adapter", "grounded", "grounded_strict", "decoding") if k in old}
+    return _score_and_write(cfg, rows, [g["answer"] for g in gens], ds, card, proto, overwrite,
+                            name=cfg.name or old.get("name"), backend=old.get("backend"),
+                            gen_s=old.get("generation_seconds") or 0.0, retention=old.get("retention") or {},
+                            extra={**extra, "rescored_from": str(src)})
+
+
 def _rows_hash(rows: list[dict]) -> str:
     import hashlib
 
@@ -271,10 +332,10 @@ def _rows_hash(rows: list[dict]) -> str:
 
 def _hr_by_history(rows: list[dict], samples: list[dict]) -> dict[str, dict]:
     """HR@K of I0 rows grouped by prompt-history length (1-3, 4-6, 7-9, 10)."""
-    scored = [r for r in rows if r["task"][:2] in ("I0", "I1", "I2")]
+    scored = [r for r in rows if row_rule(r)]
     bins: dict[str, list[int]] = {}
     for r, s in zip(scored, samples):
-        if r["task"] != "I0" or s.get("HR") is None:
+        if row_rule(r) != "I0" or s.get("HR") is None:
             continue
         n = len(r["history"])
         key = "1-3" if n <= 3 else "4-6" if n <= 6 else "7-9" if n <= 9 else "10+"

@@ -69,7 +69,8 @@ def cmd_data_prepare(args) -> int:
 
     opts = PrepareOptions(dataset=args.dataset, min_rating=args.min_rating, user_core=args.user_core,
                           item_core=args.item_core, category_depth=args.category_depth,
-                          require_categories=args.require_categories)
+                          require_categories=args.require_categories, columns=args.columns,
+                          item_columns=args.item_columns, category_sep=args.category_sep)
     files = {k: getattr(args, k) for k in ("interactions", "items", "users") if getattr(args, k)}
     out = prepare_dataset(args.out, opts, input_dir=args.input, overwrite=args.overwrite, **files)
     card = json.loads((out / "card.json").read_text())
@@ -94,6 +95,55 @@ def cmd_data_build(args) -> int:
     print(f"wrote {out} ({card['rows_total']} rows, {card['rows_per_second']:.0f} rows/s)")
     for note in card["notes"]:
         print(f"note: {note}")
+    return 0
+
+
+def cmd_tasks_list(args) -> int:
+    from recalign.tasks.spec import load_specs
+
+    specs = load_specs(args.task_dir)
+    print("| task | version | builder | rule | reward | splits | metrics | file |")
+    print("|---|---|---|---|---|---|---|---|")
+    for name in sorted(specs):
+        sp = specs[name]
+        print(f"| {name} | {sp.version} | {sp.builder} | {sp.rule or '-'} | {sp.reward} | {','.join(sp.splits)} | "
+              f"{', '.join(sp.metrics) or '-'} | {Path(sp.path).name} |")
+    return 0
+
+
+def cmd_tasks_validate(args) -> int:
+    """Every task file in DIR parses, names known rules, templates that exist and, with
+    --data, sampling ranges the catalog can meet."""
+    from recalign.data.util import DataError
+    from recalign.tasks.spec import BUILTIN, parse_spec, validate_templates
+
+    folder = Path(args.dir)
+    if not folder.is_dir():
+        raise DataError(f"{folder}: not a directory of task YAMLs")
+    files = [f for f in sorted(folder.glob("*.yaml")) if not f.name.startswith("_")]
+    if not files:
+        raise DataError(f"{folder}: no task files (*.yaml; files starting with _ are bases)")
+    catalog = None
+    if args.data:
+        from recalign.data import RecDataset
+
+        catalog = RecDataset.load(args.data).catalog
+    for f in files:
+        spec = parse_spec(f)
+        validate_templates(spec, args.templates)
+        if catalog is not None:
+            n_items = len(catalog.titles) - 1
+            hi = max(spec.item_count_train[1], spec.item_count_eval)
+            if hi > n_items:
+                raise DataError(f"{f}: key 'item_count_train'/'item_count_eval': {hi} items asked, the catalog of "
+                                f"{args.data} has {n_items}")
+            if spec.builder in ("category_control", "proportion_control"):
+                sizes = [int(catalog.category_mask(c).sum()) for c in catalog.categories]
+                if not any(sz >= spec.min_category_size for sz in sizes):
+                    raise DataError(f"{f}: key 'min_category_size': {spec.min_category_size}, but the largest "
+                                    f"category of {args.data} has {max(sizes, default=0)} items")
+        print(f"ok  {f.name}: {spec.task} (rule {spec.rule or '-'}, builder {spec.builder})"
+              + (" [overrides a built-in task]" if (Path(BUILTIN) / f.name).exists() else ""))
     return 0
 
 
@@ -156,8 +206,9 @@ def cmd_teacher_eval(args) -> int:
 
     ds = RecDataset.load(args.data)
     t = Teacher.load(args.teacher, data=ds)
-    res = {conv: evaluate(t.model, ds, args.split, conv == "masked") for conv in ("masked", "unmasked")}
-    print(json.dumps({"split": args.split, **res}, indent=2))
+    res = {conv: evaluate(t.model, ds, args.split, conv == "masked", window=args.window)
+           for conv in ("masked", "unmasked")}
+    print(json.dumps({"split": args.split, "window": args.window, **res}, indent=2))
     return 0
 
 
@@ -169,7 +220,9 @@ def cmd_eval(args) -> int:
                      grounded_strict=not args.grounded_loose, backend=args.backend,
                      max_new_tokens=args.max_new_tokens, batch_size=args.batch_size, teacher=args.teacher,
                      mmlu=args.mmlu, gsm8k=args.gsm8k, retention_limit=args.retention_limit, seed=args.seed,
-                     name=args.name)
+                     name=args.name, beam=args.beam, beam_length_penalty=args.beam_length_penalty,
+                     protocol=args.protocol, parser=args.parser,
+                     rescore=args.rescore)
     out = run_eval(cfg, overwrite=args.overwrite)
     m = json.loads((out / "metrics.json").read_text())
     for task, v in m["exact"].items():
@@ -248,11 +301,17 @@ def build_parser() -> argparse.ArgumentParser:
     dp = dsub.add_parser("prepare", help="read a dataset, filter, split and write a dataset directory")
     dp.add_argument("--dataset", default="ml-100k",
                     help="ml-100k (default; the embedded asset when --input is not given), ml-1m, "
-                         "amazon, steam, generic")
+                         "amazon (2014/2018), amazon2023, steam, movielens (CSV releases), generic")
     dp.add_argument("--input", help="directory with the dataset's files")
     dp.add_argument("--interactions", help="interactions/reviews file (overrides discovery)")
     dp.add_argument("--items", help="items/meta file (overrides discovery)")
     dp.add_argument("--users", help="users file (optional)")
+    dp.add_argument("--columns", help="generic: the interaction file's column names, e.g. "
+                                      "user=userId,item=movieId,time=timestamp,rating=rating")
+    dp.add_argument("--item-columns", help="generic: the item file's column names, e.g. "
+                                           "item=movieId,title=title,categories=genres")
+    dp.add_argument("--category-sep", default="|",
+                    help="generic: separator in a category string ('|' = one path A|B|C; another = tags)")
     dp.add_argument("--out", required=True, help="dataset directory to write")
     dp.add_argument("--min-rating", type=float, help="keep interactions with rating >= this")
     dp.add_argument("--user-core", type=int, default=0, help="iterative k-core: min items per user")
@@ -289,6 +348,17 @@ def build_parser() -> argparse.ArgumentParser:
     ds_.add_argument("--task-dir")
     ds_.set_defaults(func=cmd_data_show)
 
+    tk = sub.add_parser("tasks", help="list task files, or validate a folder of your own")
+    tksub = tk.add_subparsers(dest="tasks_command", required=True)
+    tl = tksub.add_parser("list", help="the built-in tasks (and --task-dir's) with their rules")
+    tl.add_argument("--task-dir", help="a folder of your own task YAMLs")
+    tl.set_defaults(func=cmd_tasks_list)
+    tv = tksub.add_parser("validate", help="check a folder of task YAMLs before building with them")
+    tv.add_argument("dir")
+    tv.add_argument("--data", help="a prepared dataset: also check the sampling ranges against its catalog")
+    tv.add_argument("--templates", help="your template folder (if the tasks use templates of their own)")
+    tv.set_defaults(func=cmd_tasks_validate)
+
     t = sub.add_parser("teacher", help="train / evaluate the SASRec teacher")
     tsub = t.add_subparsers(dest="teacher_command", required=True)
     tt = tsub.add_parser("train", help="train SASRec with early stopping on validation NDCG@10")
@@ -304,6 +374,7 @@ def build_parser() -> argparse.ArgumentParser:
     te.add_argument("--teacher", required=True)
     te.add_argument("--data", required=True)
     te.add_argument("--split", default="test", choices=["valid", "test"])
+    te.add_argument("--window", type=int, help="only the last N history items as input (labels use 10)")
     te.set_defaults(func=cmd_teacher_eval)
     e = sub.add_parser("eval", help="generate, score and report on instruction test rows")
     e.add_argument("--data", required=True, help="directory from `recalign data build`")
@@ -317,6 +388,16 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the answer is a numbered list of real catalog titles, none repeated or from the history")
     e.add_argument("--grounded-loose", action="store_true",
                    help="grounding only after list markers the model writes itself (free text elsewhere)")
+    e.add_argument("--beam", type=int, default=0, metavar="N",
+                   help="with --grounded: rank titles by a grounded beam search of width N (D3 scoring; "
+                        "Hugging Face generate) instead of greedy decoding through the title trie")
+    e.add_argument("--beam-length-penalty", type=float, default=0.0,
+                   help="beam score / length**P (D3: 0, no normalisation; transformers' default is 1)")
+    e.add_argument("--protocol", default="recalign", choices=["recalign", "reclm-gen"],
+                   help="scoring rules: ours, or the official RecLM-gen code's (README, 'Protocols')")
+    e.add_argument("--parser", choices=["lenient", "strict"], help="override the protocol's answer parser")
+    e.add_argument("--rescore", metavar="EVAL_DIR",
+                   help="score an earlier eval's answers again (same rows; e.g. under --protocol reclm-gen)")
     e.add_argument("--backend", default="auto", choices=["hf", "vllm", "auto"],
                    help="generation engine (default auto: vLLM when it works here, else HF with a note)")
     e.add_argument("--max-new-tokens", type=int, default=256)

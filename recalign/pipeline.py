@@ -23,7 +23,7 @@ import yaml
 from recalign.data.util import DataError, atomic_write, suggest
 
 KEYS = {"out", "seed", "dataset", "prepare", "teacher", "build", "model", "sft", "eval", "profiles",
-        "input", "rl", "extends"}
+        "input", "rl", "extends", "protocol"}
 RL_METHODS = ("ppo", "grpo", "rloo", "asft")
 
 
@@ -124,6 +124,10 @@ class Pipeline:
         from recalign.teacher.train import save_teacher, train_teacher
 
         r, seed = self.r, self.r["seed"]
+        if r.get("protocol"):
+            from recalign.protocol import get_protocol
+
+            get_protocol(r["protocol"])     # an unknown name fails here, before any stage runs
         prep = {"dataset": r.get("dataset", "ml-100k"), **(r.get("prepare") or {})}
         data = self.stage("data", prep, lambda out: prepare_dataset(
             out, PrepareOptions(**prep), input_dir=r.get("input"), overwrite=True))
@@ -138,12 +142,20 @@ class Pipeline:
 
         b = {"tasks": "I0,I1,I2,I3", **(r.get("build") or {})}
         tasks = b.pop("tasks")
-        inst = self.stage("inst", {"tasks": tasks, **b, "seed": seed}, lambda out: build_dataset(
-            data, teacher, tasks, out, BuildConfig(seed=seed, **b), overwrite=True))
+        task_dir = b.pop("task_dir", None)      # a folder of the user's own task YAMLs
+        settings = {"tasks": tasks, **b, "seed": seed}
+        if task_dir:                            # their content, so that an edited task rebuilds
+            settings["task_dir"] = {f.name: hashlib.sha256(f.read_bytes()).hexdigest()[:16]
+                                    for f in sorted(Path(task_dir).glob("*.yaml"))}
+        inst = self.stage("inst", settings, lambda out: build_dataset(
+            data, teacher, tasks, out, BuildConfig(seed=seed, **b), task_dir=task_dir, overwrite=True))
         inst_key = self._upstream
 
         ev = {"tasks": "I0,I1,I2", "limit": 100, "max_new_tokens": 256, "batch_size": 16, "backend": "auto",
               **(r.get("eval") or {})}
+        protocol = r.get("protocol")        # recipe-wide scoring rules (recalign/protocol.py)
+        if protocol:
+            ev["protocol"] = protocol
         grounded = ev.pop("grounded", [False])
         grounded = grounded if isinstance(grounded, list) else [grounded]
         bad = [g for g in grounded if g not in (False, True, "beam")]
@@ -188,23 +200,27 @@ class Pipeline:
             self._upstream = sft_key
             evaluate("sft", str(sft), g)
 
-        curves = {}
+        curves, validation = {}, {}
         for method, settings in (r.get("rl") or {}).items():
             cfg = {"model": model, "seed": seed, "adapter": str(sft), "data": str(inst), **(settings or {})}
+            if protocol and method in ("ppo", "grpo", "rloo"):
+                cfg.setdefault("protocol", protocol)
             self._upstream = sft_key
             out = self.stage(method, cfg, lambda out, m=method, c=cfg: _resumable(
                 out, c, lambda work: _train_rl(m, c, work)))
             rl_key = self._upstream
             card = out / "card.json"
             if card.is_file():
-                curves[method] = json.loads(card.read_text()).get("log_history", [])
+                card_json = json.loads(card.read_text())
+                curves[method] = card_json.get("log_history", [])
+                validation[method] = card_json.get("validation")
             for g in grounded:
                 self._upstream = rl_key
                 evaluate(method, str(out), g)
 
         report_dir = self.out / "report"
         report_dir.mkdir(parents=True, exist_ok=True)
-        write_report(report_dir, runs, curves=curves)
+        write_report(report_dir, runs, curves=curves, validation=validation)
         atomic_write(self.out / "pipeline.json", json.dumps(
             {"recipe": r, "ran": self.ran, "skipped": self.skipped}, indent=2, default=str))
         self.log(f"report: {report_dir / 'report.md'}")

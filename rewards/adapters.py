@@ -51,7 +51,8 @@ def _ranks_from_column(value: Any) -> Any:
     return value
 
 
-def _make(catalog: Catalog, teacher_ranks_fn, fuzzy: bool, pick: Callable, name: str) -> Callable:
+def _make(catalog: Catalog, teacher_ranks_fn, fuzzy: bool, pick: Callable, name: str,
+          parser: str = "lenient") -> Callable:
     def reward(prompts=None, completions=None, completion_ids=None, **columns) -> list[float | None]:
         completions = list(completions or [])
         rows = rows_from_columns(len(completions), columns)
@@ -74,7 +75,8 @@ def _make(catalog: Catalog, teacher_ranks_fn, fuzzy: bool, pick: Callable, name:
             if spec is None:
                 out.append(None)
                 continue
-            res = item_and_list_rewards(row, completion_text(comp), tr, catalog, fuzzy=fuzzy, spec=spec)
+            res = item_and_list_rewards(row, completion_text(comp), tr, catalog, fuzzy=fuzzy, spec=spec,
+                                            parser=parser)
             out.append(float(pick(res)))
         return out
 
@@ -83,7 +85,7 @@ def _make(catalog: Catalog, teacher_ranks_fn, fuzzy: bool, pick: Callable, name:
 
 
 def make_list_reward(catalog: Catalog, teacher_ranks_fn: Callable[[list[dict]], Sequence[Any]] | None = None,
-                     *, fuzzy: bool = False) -> Callable:
+                     *, fuzzy: bool = False, parser: str = "lenient") -> Callable:
     """A TRL reward function returning the RecLM-gen list-level reward (×10 scale).
 
     ``teacher_ranks_fn(rows) -> per-row teacher_ranks`` is called once per batch with the
@@ -92,10 +94,10 @@ def make_list_reward(catalog: Catalog, teacher_ranks_fn: Callable[[list[dict]], 
     array indexed by item, callable, or None). Without it, a ``teacher_ranks`` column is
     used when the dataset has one, else the target-only rank score.
     """
-    return _make(catalog, teacher_ranks_fn, fuzzy, lambda r: r.list_reward, "recalign_list_reward")
+    return _make(catalog, teacher_ranks_fn, fuzzy, lambda r: r.list_reward, "recalign_list_reward", parser)
 
 
-def make_format_reward(catalog: Catalog, *, fuzzy: bool = False) -> Callable:
+def make_format_reward(catalog: Catalog, *, fuzzy: bool = False, parser: str = "lenient") -> Callable:
     """A TRL reward function scoring the format: legal items / max(requested count, items
     written), in [0, 1] (1 = exactly m distinct catalog titles, none from the history)."""
-    return _make(catalog, None, fuzzy, lambda r: r.format_score, "recalign_format_reward")
+    return _make(catalog, None, fuzzy, lambda r: r.format_score, "recalign_format_reward", parser)

@@ -41,8 +41,9 @@ from typing import Any, Mapping, NamedTuple
 
 from recalign.data import Catalog, normalize_title
 
-__all__ = ["ParsedItem", "parse_items", "parse_list", "match_title", "title_variants",
-           "CatalogIndex", "catalog_index", "as_text", "completion_text"]
+__all__ = ["ParsedItem", "parse_items", "parse_items_strict", "parse_answer", "lookup_item", "PARSERS",
+           "parse_list", "match_title", "title_variants", "CatalogIndex", "catalog_index", "as_text",
+           "completion_text"]
 
 
 class ParsedItem(NamedTuple):
@@ -173,12 +174,14 @@ class CatalogIndex:
     normalised title -> item (the same keys ``Catalog.match`` uses), per-category membership
     as a byte mask (``mask[item]`` is 1 or 0) and size, and the rank-score table."""
 
-    __slots__ = ("exact", "n_items", "_cats", "_rank_table", "__weakref__")
+    __slots__ = ("exact", "verbatim", "n_items", "_cats", "_rank_table", "__weakref__")
 
     def __init__(self, catalog: Catalog):
         self.exact: dict[str, int] = {}
+        self.verbatim: dict[str, int] = {}           # the strict parser's case-sensitive lookup
         for i, t in enumerate(catalog.titles[1:], 1):
             self.exact.setdefault(normalize_title(t), i)
+            self.verbatim.setdefault(t, i)
         self.n_items = len(catalog.titles) - 1
         self._cats: dict[str, tuple[bytes, int]] = {}
         self._rank_table: list[float] | None = None
@@ -468,3 +471,65 @@ def parse_list(text, catalog: Catalog | None = None) -> list[str]:
     ['Toy Story (1995)', 'Heat', 'Casino (Drama)']
     """
     return [it.title for it in parse_items(text, catalog)]
+
+
+# --------------------------------------------------------------------------- strict (reclm-gen)
+
+PARSERS = ("lenient", "strict")
+_STRICT_IDX = re.compile(r"^(\d+)\. *")
+
+
+def parse_items_strict(text) -> list[ParsedItem]:
+    """The official RecLM-gen parser (REFERENCE.md §1.7): ``text.strip().split("\\n")``, each
+    line stripped, one leading ``N. `` removed; every line is an item, prose and blank
+    lines included. Titles are then matched exactly and case-sensitively
+    (:func:`lookup_item` with ``parser="strict"``).
+
+    >>> [i.title for i in parse_items_strict("Here are 2 movies:\\n1. Heat\\n\\n2. Casino ")]
+    ['Here are 2 movies:', 'Heat', '', 'Casino']
+    >>> it = parse_items_strict("  1. Heat\\n2. Casino")[1]
+    >>> (it.title, it.start, it.end, it.line_end)
+    ('Casino', 13, 19, 19)
+    """
+    text = as_text(text)
+    pos = len(text) - len(text.lstrip())
+    out: list[ParsedItem] = []
+    for line in text.strip().split("\n"):
+        le = pos + len(line)
+        body = line.strip()
+        a = pos + len(line) - len(line.lstrip())
+        m = _STRICT_IDX.match(body)
+        if m:
+            a += m.end()
+            body = body[m.end():]
+        out.append(ParsedItem(body, a, a + len(body), le))
+        pos = le + 1
+    return out
+
+
+def parse_answer(text, catalog: Catalog | None = None, parser: str = "lenient") -> list[ParsedItem]:
+    """Items of an answer under a protocol's parser (``lenient``: :func:`parse_items`;
+    ``strict``: :func:`parse_items_strict`)."""
+    if parser == "strict":
+        return parse_items_strict(text)
+    if parser != "lenient":
+        raise ValueError(f"parser {parser!r}: choose one of {', '.join(PARSERS)}")
+    return parse_items(text, catalog)
+
+
+def lookup_item(catalog: Catalog, title: str, parser: str = "lenient", fuzzy: bool = False) -> int | None:
+    """Item index of a parsed title. ``lenient``: :func:`match_title` (normalised, suffix
+    variants); ``strict``: the exact, case-sensitive catalog title. ``fuzzy`` then maps an
+    unknown title to the nearest title within Levenshtein 3 (an eval number, never a reward
+    under the strict protocol).
+
+    >>> cat = Catalog(["Heat", "Casino"], [["Crime"], ["Crime"]])
+    >>> lookup_item(cat, "heat"), lookup_item(cat, "heat", "strict"), lookup_item(cat, "heat", "strict", fuzzy=True)
+    (1, None, 1)
+    """
+    if parser != "strict":
+        return match_title(catalog, title, fuzzy)
+    hit = catalog_index(catalog).verbatim.get(title)
+    if hit is None and fuzzy and title:
+        hit = catalog.match(title, fuzzy=True)
+    return hit

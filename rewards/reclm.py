@@ -28,9 +28,9 @@ from typing import Any, Callable, Mapping, NamedTuple, Sequence
 
 from recalign.data import Catalog
 
-from .parser import ParsedItem, catalog_index, completion_text, match_title, parse_items
+from .parser import ParsedItem, catalog_index, completion_text, lookup_item, match_title, parse_answer
 
-__all__ = ["ALPHA", "LIST_SCALE", "TASKS", "RewardResult", "RowSpec", "canonical_task", "row_spec",
+__all__ = ["ALPHA", "LIST_SCALE", "TASKS", "RewardResult", "RowSpec", "canonical_task", "row_spec", "row_rule",
            "item_and_list_rewards", "list_normalizer", "rank_score", "position_discount"]
 
 ALPHA = 0.5            # weight of the ranking part (REFERENCE.md §1.3)
@@ -162,6 +162,23 @@ def _as_index(x) -> int:
     return i
 
 
+def row_rule(row: Mapping) -> str | None:
+    """The scoring rule of a row (one of :data:`TASKS`), or None when it is not a list task.
+
+    The builder writes ``rule`` from the task file (``reward`` + ``direction``); rows
+    without it (older data, hand-made rows) are read by their task name.
+
+    >>> row_rule({"task": "MyRec", "rule": "I0"}), row_rule({"task": "I3", "rule": None}), row_rule({"task": "I1+"})
+    ('I0', None, 'I1+')
+    """
+    if "rule" in row:
+        return canonical_task(row["rule"]) if row["rule"] else None
+    try:
+        return canonical_task(row.get("task"), row.get("direction"))
+    except ValueError:
+        return None
+
+
 def row_spec(row: Mapping, catalog: Catalog) -> RowSpec:
     """Validate a row; a missing or malformed field raises ValueError naming it and the task.
 
@@ -180,8 +197,10 @@ def row_spec(row: Mapping, catalog: Catalog) -> RowSpec:
         raise ValueError(f"row must be a mapping of dataset fields, got {type(row).__name__}")
     if "task" not in row:
         raise ValueError("row is missing field 'task'")
-    raw_task = row["task"]
-    direction = row.get("direction")
+    # rows from `recalign data build` carry the rule their task file names (``rule``), so a
+    # task a user defines judges its rows by that rule whatever it is called
+    raw_task = row.get("rule") or row["task"]
+    direction = None if row.get("rule") else row.get("direction")
     try:
         task = _TASK_CACHE[(raw_task, direction)]
     except (KeyError, TypeError):
@@ -276,7 +295,7 @@ def _rank_getter(teacher_ranks) -> Callable[[int], Any] | None:
 
 def item_and_list_rewards(row: Mapping, text: str | Sequence[str], teacher_ranks, catalog: Catalog, *,
                           fuzzy: bool = False, alpha: float = ALPHA, scale: float = LIST_SCALE,
-                          spec: RowSpec | None = None) -> RewardResult:
+                          spec: RowSpec | None = None, parser: str = "lenient") -> RewardResult:
     """Item-level and list-level rewards of one answer (REFERENCE.md §1.3).
 
     ``row``: the dataset row (fields in :func:`row_spec`). ``text``: the model's answer
@@ -287,7 +306,9 @@ def item_and_list_rewards(row: Mapping, text: str | Sequence[str], teacher_ranks
     rank for (missing key, ``None``, negative) counts as ranked last (N − 1). With
     ``teacher_ranks=None`` the rank score comes from the target only: 1.0 for the target,
     0.0 for any other legal item (our choice). ``fuzzy``: match titles within Levenshtein 3.
-    ``spec``: a pre-validated :func:`row_spec` (skips validation).
+    ``spec``: a pre-validated :func:`row_spec` (skips validation). ``parser``: ``lenient``
+    (ours) or ``strict`` (RecLM-gen's: every line an item, exact case-sensitive titles, never
+    fuzzy; REFERENCE.md §1.7).
 
     Bad model output never raises; a bad row raises ValueError naming the field and task.
 
@@ -306,11 +327,11 @@ def item_and_list_rewards(row: Mapping, text: str | Sequence[str], teacher_ranks
     if spec is None:
         spec = row_spec(row, catalog)
     if isinstance(text, str):
-        parsed = parse_items(text, catalog)
+        parsed = parse_answer(text, catalog, parser)
     elif isinstance(text, (list, tuple)) and all(isinstance(t, str) for t in text):
         parsed = [ParsedItem(t.strip(), -1, -1, -1) for t in text]
     else:   # conversational messages, bytes, None, ...
-        parsed = parse_items(completion_text(text), catalog)
+        parsed = parse_answer(completion_text(text), catalog, parser)
     cidx = catalog_index(catalog)
     exact_get = cidx.exact.get
     rank_table = cidx.rank_table()
@@ -335,8 +356,11 @@ def item_and_list_rewards(row: Mapping, text: str | Sequence[str], teacher_ranks
     in_c = False
     rc_sum = 0.0
     target_pos = -1
-    items = [exact_get(p[0].casefold()) if "&" not in p[0] else None for p in parsed]
-    if None in items:
+    if parser == "strict":
+        items = [lookup_item(catalog, p[0], "strict") for p in parsed]
+    else:
+        items = [exact_get(p[0].casefold()) if "&" not in p[0] else None for p in parsed]
+    if None in items and parser != "strict":
         for idx, item in enumerate(items):
             if item is None:   # beyond m the item is illegal anyway: no (slow) fuzzy search there
                 items[idx] = match_title(catalog, parsed[idx][0], fuzzy and idx < m)

@@ -177,6 +177,7 @@ class Builder:
             "prompt": prompt,
             "completion": completion,
             "task": spec.task,
+            "rule": spec.rule,              # how rewards and metrics judge the row (tasks/spec.py)
             "task_version": spec.version,
             "split": split,
             "epoch": epoch,
@@ -434,12 +435,14 @@ def build_dataset(data: str | Path, teacher_dir: str | Path, tasks: str | list[s
 
     import datasets
 
-    from recalign.data.util import atomic_dir, provenance, sha256_file, write_json
+    from recalign.data.util import atomic_dir, card_relative, provenance, sha256_file, write_json
     from recalign.teacher import Teacher
 
-    from .spec import load_specs, resolve_tasks
+    from .spec import load_specs, resolve_tasks, validate_templates
 
     specs = resolve_tasks(tasks, load_specs(task_dir))
+    for spec in specs:              # a missing template fails here, before the teacher loads
+        validate_templates(spec, cfg.templates)
     ds = RecDataset.load(data)
     teacher = Teacher.load(teacher_dir, data=ds)
     t0 = time.perf_counter()
@@ -465,8 +468,9 @@ def build_dataset(data: str | Path, teacher_dir: str | Path, tasks: str | list[s
             notes.append("reference_frequent categories come from the teacher's I0 top-10 "
                          "(no --reference lists of the model's own I0 output were given)")
         write_json(tmp / "card.json", provenance(
-            "data.build", {**cfg.__dict__, "tasks": [s.id for s in specs], "data": str(data),
-                           "teacher": str(teacher_dir)},
+            "data.build", {**cfg.__dict__, "tasks": [s.id for s in specs],
+                           # relative to this card's folder: a run folder can move (data/util.py)
+                           "data": card_relative(data, out), "teacher": card_relative(teacher_dir, out)},
             seed=cfg.seed, inputs=inputs, counts=counts,
             rows_total=sum(len(r) for r in rows.values()),
             rows_per_second=round(sum(len(r) for r in rows.values()) / max(elapsed, 1e-9), 1),

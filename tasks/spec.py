@@ -22,6 +22,14 @@ BUILTIN = Path(__file__).resolve().parent
 BUILDERS = ("sequential", "category_control", "proportion_control", "item_search", "category_qa", "chat")
 CATEGORY_RULES = ("uniform", "target", "teacher_frequent", "reference_frequent")
 DIRECTIONS = ("+", "-", "<=", ">=", "~")
+# reward: which RecLM-gen rule judges the answer (rewards/reclm.py); "task" (I3 item search)
+# and "none" are not rewarded or scored as lists
+REWARDS = ("rank", "rank+task", "task", "none")
+# metric names a task file may list -> the keys of eval/metrics.py's per-sample dict
+METRICS = {"HR@10": ("HR",), "NDCG@10": ("NDCG",), "MRR@10": ("MRR",), "TCP@10": ("TCP",), "CPA": ("CPA",),
+           "CorrectCount": ("CorrectCount",), "RepeatItem@10": ("RepeatItem", "RepeatItem_rate"),
+           "NonExist@10": ("NonExist", "NonExist_rate"), "InHistory@10": ("InHistory", "InHistory_rate"),
+           "InFullHistory@10": ("InFullHistory", "InFullHistory_rate")}
 
 # Shorthands accepted on the command line, and the paper's unicode spellings.
 GROUPS = {"I1": ["I1+", "I1-"], "I2": ["I2<=", "I2>=", "I2~"], "I3": ["I3", "I3-QA"]}
@@ -56,6 +64,25 @@ class TaskSpec:
     @property
     def id(self) -> str:
         return f"{self.task}@v{self.version}"
+
+    @property
+    def rule(self) -> str | None:
+        """The scoring rule rewards and metrics apply to this task's rows (rewards/reclm.py):
+        ``I0`` (rank), ``I1+``/``I1-`` (rank+task, category control), ``I2<=``/``I2>=``/``I2~``
+        (rank+task, proportion control), or None (not scored as a list).
+
+        >>> load_specs()["I2<="].rule, load_specs()["I3"].rule
+        ('I2<=', None)
+        """
+        if self.reward == "rank":
+            return "I0"
+        if self.reward == "rank+task" and self.direction:
+            return ("I1" if self.direction in ("+", "-") else "I2") + self.direction
+        return None
+
+    def metric_keys(self) -> tuple[str, ...]:
+        """The per-sample metric keys this task reports (from its ``metrics`` list)."""
+        return tuple(k for m in self.metrics for k in METRICS[m])
 
 
 _FIELDS = {f.name: f for f in dataclasses.fields(TaskSpec)}
@@ -122,7 +149,40 @@ def parse_spec(path: Path) -> TaskSpec:
         check(data.get("direction") in ("+", "-"), "direction", "'+' or '-'")
     check(isinstance(data.get("paraphrases", 1), int) and data.get("paraphrases", 1) >= 1,
           "paraphrases", "a positive integer")
+    check(data.get("reward", "none") in REWARDS, "reward", f"one of {', '.join(REWARDS)}")
+    bad = [m for m in data.get("metrics", ()) if m not in METRICS]
+    check(not bad, "metrics", f"a list of {', '.join(METRICS)}")
+    if data.get("reward") == "rank+task":
+        check(data.get("direction") in DIRECTIONS and data["builder"] in ("category_control", "proportion_control"),
+              "reward", "'rank', 'task' or 'none' here ('rank+task' needs a category_control or "
+                        "proportion_control builder and a direction)")
     return TaskSpec(**data, path=str(path))
+
+
+def validate_templates(spec: TaskSpec, template_dir: str | Path | None = None) -> None:
+    """A task's templates must exist (in ``template_dir`` or recalign's template folder)."""
+    from recalign.templates.render import BUILTIN as TEMPLATES
+
+    dirs = ([Path(template_dir)] if template_dir else []) + [TEMPLATES]
+    for key in ("template", "answer_template", "system"):
+        name = getattr(spec, key)
+        if name and not any((d / name).is_file() for d in dirs):
+            have = sorted({p.name for d in dirs for p in d.glob("*.jinja")})
+            raise DataError(f"{spec.path}: key {key!r}: template {name!r} not found{suggest(name, have)}; "
+                            f"templates: {', '.join(have)}")
+
+
+def specs_from_card(card: dict) -> dict[str, TaskSpec]:
+    """The task specs a built dataset was made with (its card.json ``specs``): eval and RL
+    judge rows by the rules of the tasks that made them, built-in or from ``--task-dir``."""
+    out = {}
+    for name, d in (card.get("specs") or {}).items():
+        d = {k: tuple(v) if isinstance(v, list) else v for k, v in d.items() if k in _FIELDS and k != "path"}
+        try:
+            out[name] = TaskSpec(**d)
+        except TypeError:           # a card from an older spec format: use the built-in spec
+            continue
+    return out
 
 
 def load_specs(task_dir: str | Path | None = None) -> dict[str, TaskSpec]:

@@ -47,8 +47,14 @@ class Teacher:
         catalog = None
         if isinstance(data, RecDataset):
             catalog = data.catalog
-        elif data is not None or (conf.get("data") and Path(conf["data"]).is_dir()):
-            catalog = RecDataset.load(data or conf["data"]).catalog
+        elif data is not None:
+            catalog = RecDataset.load(data).catalog
+        else:
+            from recalign.data.util import card_path
+
+            where = card_path(conf.get("data"), path)
+            if where is not None and where.is_dir():
+                catalog = RecDataset.load(where).catalog
         return cls(model, catalog)
 
     @property

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from recalign.data import RecDataset
-from recalign.data.util import atomic_dir, provenance, write_json
+from recalign.data.util import atomic_dir, card_relative, provenance, write_json
 
 from .config import TeacherTrainConfig
 from .metrics import rank_metrics
@@ -111,8 +111,13 @@ def popularity_ranks(ds: RecDataset, split: str, mask_history: bool) -> np.ndarr
     return ranks
 
 
-def evaluate(model: SASRec, ds: RecDataset, split: str, mask_history: bool, ks=(5, 10, 20)) -> dict:
+def evaluate(model: SASRec, ds: RecDataset, split: str, mask_history: bool, ks=(5, 10, 20),
+             window: int | None = None) -> dict:
+    """Full-ranking metrics; ``window``: only the last N history items are the input (and,
+    masked, the items removed), as labels and rewards query the teacher (windows of <= 10)."""
     hist, targets = ds.split_examples(split)
+    if window:
+        hist = [h[-window:] for h in hist]
     return rank_metrics(full_ranks(model, hist, targets, mask_history), ks)
 
 
@@ -178,6 +183,8 @@ def train_teacher(ds: RecDataset, cfg: TeacherTrainConfig, log=print) -> tuple[S
             "masked": evaluate(model, ds, "test", True),
             "unmasked": evaluate(model, ds, "test", False),
         },
+        # the teacher as labels and rewards use it: the prompt's window of the last 10 items
+        "test_window10": {"masked": evaluate(model, ds, "test", True, window=10)},
         "popularity_test": {
             "masked": rank_metrics(popularity_ranks(ds, "test", True)),
             "unmasked": rank_metrics(popularity_ranks(ds, "test", False)),
@@ -199,7 +206,8 @@ def save_teacher(out: str | Path, model: SASRec, metrics: dict, cfg: TeacherTrai
     with atomic_dir(out, overwrite=overwrite) as tmp:
         save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp / "model.safetensors"))
         write_json(tmp / "config.json", {"model": model.cfg.to_dict(),
-                                         "data": str(ds.path.resolve()) if ds.path else None})
+                                         # relative to the teacher's folder: runs can move
+                                         "data": card_relative(ds.path, out) if ds.path else None})
         write_json(tmp / "metrics.json", metrics)
         write_json(tmp / "card.json", provenance("teacher.train", asdict(cfg), seed=cfg.seed,
                                                  inputs={"sequences": ds.fingerprint(),

@@ -414,7 +414,10 @@ def train(cfg: RecASFTConfig) -> Path:
         inputs["data_card"] = sha256_file(Path(cfg.data) / "card.json")
     teacher_dir = None
     if cfg.asft_baseline == "teacher":
-        teacher_dir = cfg.teacher or json.loads((Path(cfg.data) / "card.json").read_text())["config"]["teacher"]
+        from recalign.data.util import card_path
+
+        teacher_dir = cfg.teacher or card_path(
+            json.loads((Path(cfg.data) / "card.json").read_text())["config"]["teacher"], cfg.data)
         inputs["teacher"] = sha256_file(Path(teacher_dir) / "model.safetensors")
     if cfg.adapter and (Path(cfg.adapter) / "adapter_model.safetensors").is_file():
         inputs["sft_adapter"] = sha256_file(Path(cfg.adapter) / "adapter_model.safetensors")

@@ -54,6 +54,11 @@ class _RecRLFields:
                 "TRL's reward_weights unless those are given"})
     fuzzy: bool = field(default=False, metadata={
         "help": "rewards match titles fuzzily (Levenshtein <= 3) as well as exactly"})
+    protocol: str = field(default="recalign", metadata={
+        "help": "reward rules: recalign (lenient parser, masked ranks) or reclm-gen (README, 'Protocols')"})
+    parser: str | None = field(default=None, metadata={"help": "override the protocol's parser: lenient | strict"})
+    reward_ranks: str | None = field(default=None, metadata={
+        "help": "override the protocol's teacher ranks: masked | unmasked"})
     resume: bool = field(default=False, metadata={"help": "resume from the last checkpoint in output_dir"})
     # TRL defaults changed for LoRA RL on a CPU: few, short samples; LoRA needs a larger
     # learning rate than TRL's full-model 1e-6; checkpointing only slows a small model down.
@@ -122,7 +127,8 @@ def train(cfg: _RecRLFields, method: str | None = None) -> Path:
         raise ValueError(f"method {method!r} needs a {CONFIGS.get(method, RecGRPOConfig).__name__}, "
                          f"got {type(cfg).__name__}")
     rows = reward_rows(cfg)
-    ctx = load_reward_context(cfg.data, fuzzy=cfg.fuzzy)
+    ctx = load_reward_context(cfg.data, fuzzy=cfg.fuzzy, protocol=cfg.protocol, parser=cfg.parser,
+                              reward_ranks=cfg.reward_ranks)
     check_reward_rows(rows, ctx.catalog, f"{cfg.data}/dataset (train)")    # before any rollout
     model, tok = load_policy(cfg.model, cfg.adapter)
     out = Path(cfg.output_dir)

@@ -109,10 +109,20 @@ class RecPPOConfig:
     learning_rate: float = field(default=5e-6, metadata={"help": "AdamW learning rate (actor, critic, value head)"})
     max_grad_norm: float = field(default=1.0, metadata={"help": "gradient clipping"})
     fuzzy: bool = field(default=False, metadata={"help": "match titles within Levenshtein 3 when rewarding"})
+    protocol: str = field(default="recalign", metadata={
+        "help": "reward rules: recalign (lenient parser, masked ranks) or reclm-gen (README, 'Protocols')"})
+    parser: str | None = field(default=None, metadata={"help": "override the protocol's parser: lenient | strict"})
+    reward_ranks: str | None = field(default=None, metadata={
+        "help": "override the protocol's teacher ranks: masked | unmasked"})
     # bookkeeping
     logging_steps: int = field(default=1, metadata={"help": "print every N steps (log.jsonl gets every step)"})
     save_steps: int = field(default=20, metadata={"help": "checkpoint every N steps and at the end (0: never)"})
     save_total_limit: int = field(default=2, metadata={"help": "checkpoints kept"})
+    valid_rows: int = field(default=0, metadata={
+        "help": "validation rows (the data's valid split): greedy answers scored with the list reward before "
+                "training (= the SFT model) and at every checkpoint; 0: off"})
+    select_best: bool = field(default=True, metadata={
+        "help": "with valid_rows: the saved adapter is the actor at its best validation step (step 0 = SFT)"})
     resume: bool = field(default=False, metadata={"help": "resume from the last checkpoint in output_dir"})
 
     def __post_init__(self):
@@ -245,6 +255,8 @@ class RecPPOTrainer:
         self.step = 0
         self.history: list[dict] = []
         self.skipped_total = 0
+        self.valid_rows: list[dict] = []           # set by train() when cfg.valid_rows
+        self.validation: list[dict] = []
         self.rng = random.Random(cfg.seed + self.acc.process_index)
         self._trie = None
         self._eos = self._eos_ids()
@@ -591,6 +603,8 @@ class RecPPOTrainer:
         out = Path(cfg.output_dir)
         if cfg.resume:
             self._load_last(out)
+        if self.step == 0 and not self.validation:
+            self._record_validation(out)            # step 0: the SFT model itself
         bar = tqdm(total=cfg.steps, initial=self.step, desc="ppo", disable=not self.acc.is_main_process)
         while self.step < cfg.steps:
             t0 = time.perf_counter()
@@ -612,9 +626,76 @@ class RecPPOTrainer:
                                             "clip_frac", "approx_kl", "updates", "skipped")))
             bar.update(1)
             if cfg.save_steps and (self.step % cfg.save_steps == 0 or self.step == cfg.steps):
+                self._record_validation(out)
                 self.save_checkpoint(out)
         bar.close()
         return self.history
+
+    # ----- validation: does RL beat the SFT model it started from?
+    def validate(self) -> dict:
+        """Greedy answers of the current actor for the validation rows, scored by the reward
+        function: the mean list reward and the per-row values (None: skipped)."""
+        texts = []
+        if self.engine is not None:
+            self._sync_engine()
+            ids = self._trim_ids(self._generate_vllm(self.valid_rows, True, 0))
+        else:
+            ids = []
+            for i in range(0, len(self.valid_rows), self.cfg.prompts_per_step):
+                chunk = self.valid_rows[i:i + self.cfg.prompts_per_step]
+                ids.extend(self._trim(self._generate(self._encode(chunk), chunk, greedy=True)))
+        texts = [self.tok.decode(a, skip_special_tokens=True) for a in ids]
+        results, _ = self._score(self.valid_rows, texts)
+        per_row = [None if r is None else float(r.list_reward) for r in results]
+        ok = [v for v in per_row if v is not None]
+        return {"step": self.step, "reward": sum(ok) / len(ok) if ok else None, "per_row": per_row}
+
+    def _record_validation(self, out: Path) -> None:
+        from peft import get_peft_model_state_dict
+        from safetensors.torch import save_file
+
+        if not self.valid_rows:
+            return
+        v = self.validate()
+        self.validation.append(v)
+        self.log(f"validation step {v['step']}: list reward {v['reward']:.4f} on {len(self.valid_rows)} rows")
+        best = max((x for x in self.validation if x["reward"] is not None), key=lambda x: x["reward"], default=None)
+        if best is v and self.acc.is_main_process:     # keep the best actor for the end (resume-safe)
+            out.mkdir(parents=True, exist_ok=True)
+            sd = get_peft_model_state_dict(self.peft, adapter_name="actor")
+            save_file({k: t.detach().contiguous().clone() for k, t in sd.items()}, str(out / "best_actor.safetensors"))
+            (out / "best_actor.json").write_text(json.dumps({"step": v["step"], "reward": v["reward"]}))
+
+    def restore_best(self, out: Path) -> int | None:
+        """Load the best validated actor (select_best); returns its step."""
+        from peft import set_peft_model_state_dict
+        from safetensors.torch import load_file
+
+        f = out / "best_actor.safetensors"
+        if not (self.cfg.select_best and self.valid_rows and f.is_file()):
+            return None
+        set_peft_model_state_dict(self.peft, load_file(str(f)), adapter_name="actor")
+        return json.loads((out / "best_actor.json").read_text())["step"]
+
+    def validation_summary(self, best_step: int | None) -> dict | None:
+        """Validation curve, the best step, and whether it beats the SFT model (step 0),
+        paired over the same rows."""
+        if not self.validation:
+            return None
+        from recalign.eval.stats import paired
+
+        first = self.validation[0]
+        best = next((v for v in self.validation if v["step"] == best_step), None) if best_step is not None else \
+            max((x for x in self.validation if x["reward"] is not None), key=lambda x: x["reward"], default=None)
+        out = {"rows": len(self.valid_rows), "curve": [{"step": v["step"], "reward": v["reward"]} for v in self.validation],
+               "best_step": best["step"] if best else None, "selected": best_step is not None}
+        if best and first["step"] == 0 and best is not first:
+            c = paired(first["per_row"], best["per_row"], binary=False)
+            out["best_vs_sft"] = {k: c[k] for k in ("n", "diff", "lo", "hi", "p")}
+            out["beats_sft"] = bool(c["lo"] > 0)
+        elif best is first:
+            out["beats_sft"] = False            # no RL checkpoint scored above the SFT model
+        return out
 
     def _state_files(self, d: Path) -> dict:
         return {"actor": d / "actor.safetensors", "critic": d / "critic.safetensors",
@@ -639,6 +720,7 @@ class RecPPOTrainer:
             torch.save(self.opt.state_dict(), f["optimizer"])
             f["state"].write_text(json.dumps({
                 "step": self.step, "history": self.history, "skipped_total": self.skipped_total,
+                "validation": self.validation,
                 "rng": repr(self.rng.getstate()), "torch_rng": torch.get_rng_state().tolist()}))
         kept = sorted(out.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
         for old in kept[:-max(self.cfg.save_total_limit, 1)]:
@@ -664,6 +746,7 @@ class RecPPOTrainer:
         self.opt.load_state_dict(torch.load(f["optimizer"], weights_only=True))
         state = json.loads(f["state"].read_text())
         self.step, self.history, self.skipped_total = state["step"], state["history"], state["skipped_total"]
+        self.validation = state.get("validation", [])
         self.rng.setstate(ast.literal_eval(state["rng"]))
         torch.set_rng_state(torch.tensor(state["torch_rng"], dtype=torch.uint8))
         # log.jsonl may hold steps after the checkpoint from the interrupted run: rewrite it
@@ -691,12 +774,13 @@ class RecPPOTrainer:
 
 
 # --------------------------------------------------------------------------- entry point
-def load_rows(cfg: RecPPOConfig, catalog) -> list[dict]:
-    """Training prompts with their reward fields, checked before any rollout."""
+def load_rows(cfg: RecPPOConfig, catalog, split: str = "train") -> list[dict]:
+    """Training (or validation) prompts with their reward fields, checked before any rollout."""
     from .rewarding import check_reward_rows, train_reward_rows
 
-    rows = train_reward_rows(cfg.data, cfg.tasks, cfg.max_train_samples, cfg.seed).to_list()
-    check_reward_rows(rows, catalog, f"{cfg.data}/dataset (train)")
+    rows = train_reward_rows(cfg.data, cfg.tasks, cfg.max_train_samples if split == "train" else None, cfg.seed,
+                             split=split).to_list()
+    check_reward_rows(rows, catalog, f"{cfg.data}/dataset ({split})")
     return rows
 
 
@@ -709,12 +793,17 @@ def train(cfg: RecPPOConfig) -> Path:
 
     if cfg.data is None:
         raise DataError("--data is required: the directory written by `recalign data build`")
-    ctx = load_reward_context(cfg.data, cfg.teacher, fuzzy=cfg.fuzzy)
+    ctx = load_reward_context(cfg.data, cfg.teacher, fuzzy=cfg.fuzzy, protocol=cfg.protocol, parser=cfg.parser,
+                              reward_ranks=cfg.reward_ranks)
     rows = load_rows(cfg, ctx.catalog)
     model, tok = load_policy(cfg.model, cfg.adapter)
     trainer = RecPPOTrainer(cfg, model, tok, rows, reward_fn=ctx.score, titles=ctx.catalog.titles[1:])
+    if cfg.valid_rows:
+        valid = load_rows(cfg, ctx.catalog, split="valid")     # every rewarded task, a fixed sample
+        trainer.valid_rows = random.Random(cfg.seed).sample(valid, min(cfg.valid_rows, len(valid)))
     history = trainer.train()
     out = Path(cfg.output_dir)
+    best_step = trainer.restore_best(out)
     if trainer.acc.is_main_process:
         trainer.save_adapter(out, cfg.adapter)
         base = resolve_model(cfg.model)
@@ -724,7 +813,9 @@ def train(cfg: RecPPOConfig) -> Path:
             inputs={"train_jsonl": sha256_file(data_jsonl)} if data_jsonl.is_file() else {},
             base_model=str(base), base_fingerprint=model_fingerprint(base), sft_adapter=cfg.adapter,
             train_rows=len(rows), resumed_from=trainer.resumed_from, skipped_samples=trainer.skipped_total,
-            log_history=history))
+            validation=trainer.validation_summary(best_step), log_history=history))
+        for f in ("best_actor.safetensors", "best_actor.json"):
+            (out / f).unlink(missing_ok=True)
     return out
 
 

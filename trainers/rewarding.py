@@ -17,6 +17,7 @@ import numpy as np
 
 from recalign.data import Catalog, RecDataset
 from recalign.data.util import DataError
+from recalign.data.util import card_path as stored_path
 from recalign.rewards import item_and_list_rewards
 from recalign.rewards.adapters import make_format_reward, make_list_reward
 from recalign.rewards.reclm import RewardResult, row_spec
@@ -27,6 +28,8 @@ class RewardContext:
     dataset: RecDataset
     teacher: object | None            # recalign.teacher.Teacher, or None: target-only rank score
     fuzzy: bool = False
+    parser: str = "lenient"           # the protocol's parser (recalign/protocol.py)
+    mask_ranks: bool = True           # reward ranks among non-history items (reclm-gen: unmasked)
 
     @property
     def catalog(self) -> Catalog:
@@ -36,35 +39,41 @@ class RewardContext:
         """Per row: an array of every item's teacher rank for the row's history (or None)."""
         if self.teacher is None or not rows:
             return [None] * len(rows)
-        return list(self.teacher.rank_all([list(r["history"] or []) for r in rows]))
+        return list(self.teacher.rank_all([list(r["history"] or []) for r in rows], mask_history=self.mask_ranks))
 
     def score(self, rows: list[Mapping], texts: list[str]) -> list[RewardResult]:
         """RecLM-gen item and list rewards for each (row, completion text)."""
         ranks = self.ranks(rows)
-        return [item_and_list_rewards(r, t, tr, self.catalog, fuzzy=self.fuzzy)
+        return [item_and_list_rewards(r, t, tr, self.catalog, fuzzy=self.fuzzy, parser=self.parser)
                 for r, t, tr in zip(rows, texts, ranks)]
 
     def list_reward(self):
-        return make_list_reward(self.catalog, self.ranks if self.teacher is not None else None, fuzzy=self.fuzzy)
+        return make_list_reward(self.catalog, self.ranks if self.teacher is not None else None, fuzzy=self.fuzzy,
+                                parser=self.parser)
 
     def format_reward(self):
-        return make_format_reward(self.catalog, fuzzy=self.fuzzy)
+        return make_format_reward(self.catalog, fuzzy=self.fuzzy, parser=self.parser)
 
 
 def load_reward_context(inst_dir: str | Path, teacher: str | Path | None = None,
-                        fuzzy: bool = False, load_teacher: bool = True) -> RewardContext:
+                        fuzzy: bool = False, load_teacher: bool = True, protocol: str = "recalign",
+                        parser: str | None = None, reward_ranks: str | None = None) -> RewardContext:
     """The dataset and teacher that built ``inst_dir`` (from its card.json); without
-    ``load_teacher`` only the dataset (rank rewards then use the target only)."""
+    ``load_teacher`` only the dataset (rank rewards then use the target only). ``protocol``
+    (with single options overridden) sets the parser and the rank convention."""
+    from recalign.protocol import get_protocol
+
+    proto = get_protocol(protocol, parser=parser, reward_ranks=reward_ranks)
     card_path = Path(inst_dir) / "card.json"
     if not card_path.is_file():
         raise DataError(f"{inst_dir}: no card.json; build instruction data with `recalign data build --out {inst_dir}`")
     cfg = json.loads(card_path.read_text()).get("config", {})
-    data_dir = cfg.get("data")
+    data_dir = stored_path(cfg.get("data"), inst_dir)
     if not data_dir or not Path(data_dir).is_dir():
         raise DataError(f"{card_path}: field config.data ({data_dir!r}) is not an existing dataset directory; "
                         "rebuild with `recalign data build`")
     ds = RecDataset.load(data_dir)
-    teacher_dir = (teacher or cfg.get("teacher")) if load_teacher else None
+    teacher_dir = (teacher or stored_path(cfg.get("teacher"), inst_dir)) if load_teacher else None
     t = None
     if teacher_dir:
         if not Path(teacher_dir).is_dir():
@@ -73,39 +82,37 @@ def load_reward_context(inst_dir: str | Path, teacher: str | Path | None = None,
         from recalign.teacher import Teacher
 
         t = Teacher.load(teacher_dir, data=ds)
-    return RewardContext(ds, t, fuzzy)
+    return RewardContext(ds, t, fuzzy, parser=proto.parser, mask_ranks=proto.reward_ranks == "masked")
 
 
 # what the rewards read (rewards/reclm.py row_spec); ``teacher_ranks`` when the data has it
-REWARD_COLUMNS = ("task", "history", "target", "item_count", "category", "direction", "n", "teacher_ranks")
+REWARD_COLUMNS = ("task", "rule", "history", "target", "item_count", "category", "direction", "n", "teacher_ranks")
 
 
-def train_reward_rows(data: str | Path, tasks: str | None = None, max_samples: int | None = None, seed: int = 0):
+def train_reward_rows(data: str | Path, tasks: str | None = None, max_samples: int | None = None, seed: int = 0,
+                      split: str = "train"):
     """The ``train`` split of ``data/dataset`` as RL prompts: ``prompt`` (conversational) plus
     the reward columns, no ``completion``. Without ``tasks``: every task the rewards judge
     (I0, I1*, I2*; I3 and I4 rows have no item list to reward)."""
     import datasets
 
-    from recalign.rewards.reclm import canonical_task
-
     path = Path(data) / "dataset"
     if not path.is_dir():
         raise DataError(f"{data}: no dataset/ folder; build one with `recalign data build --out {data}`")
-    train = datasets.load_from_disk(str(path))["train"]
+    dd = datasets.load_from_disk(str(path))
+    if split not in dd:
+        raise DataError(f"{data}: no {split} split in dataset/ (splits: {', '.join(dd)})")
+    train = dd[split]
     if tasks:
         wanted = {t.strip() for t in tasks.split(",")}
         train = train.filter(lambda t: t in wanted, input_columns="task")
         what = f"tasks {sorted(wanted)}"
     else:
-        def judged(task, direction=None):
-            try:
-                canonical_task(task, direction)
-                return True
-            except ValueError:
-                return False
-        cols = ["task", "direction"] if "direction" in train.column_names else ["task"]
-        train = train.filter(judged, input_columns=cols)
-        what = "the rewarded tasks (I0, I1*, I2*)"
+        from recalign.rewards.reclm import row_rule
+
+        cols = [c for c in ("task", "direction", "rule") if c in train.column_names]
+        train = train.filter(lambda *v: row_rule(dict(zip(cols, v))) is not None, input_columns=cols)
+        what = "the rewarded tasks (a reward rule in their task file: I0, I1*, I2*)"
     if len(train) == 0:
         raise DataError(f"{data}: no training rows for {what}")
     if max_samples:

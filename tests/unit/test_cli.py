@@ -2,6 +2,8 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 from recalign.cli import main
 
 
@@ -38,7 +40,12 @@ def test_teacher_train_and_eval_cli(tmp_path, capsys):
     assert len(card["inputs"]["sequences"]) == 64
     assert main(["teacher", "eval", "--teacher", str(tmp_path / "t"), "--data", str(data)]) == 0
     res = json.loads(capsys.readouterr().out)
-    assert set(res) == {"split", "masked", "unmasked"} and 0 <= res["masked"]["HR@10"] <= 1
+    assert set(res) == {"split", "window", "masked", "unmasked"} and 0 <= res["masked"]["HR@10"] <= 1
+    # the teacher as labels use it: the last 10 history items (the card's test_window10)
+    assert main(["teacher", "eval", "--teacher", str(tmp_path / "t"), "--data", str(data), "--window", "10"]) == 0
+    w10 = json.loads(capsys.readouterr().out)
+    saved = json.loads((tmp_path / "t" / "metrics.json").read_text())["test_window10"]["masked"]
+    assert w10["window"] == 10 and w10["masked"]["HR@10"] == pytest.approx(saved["HR@10"])
     bad = tmp_path / "bad.yaml"
     bad.write_text("hiden: 3\n")
     assert main(["teacher", "train", "--data", str(data), "--out", str(tmp_path / "t2"), "--config", str(bad)]) == 2

@@ -1,5 +1,6 @@
 """recalign eval: end to end on the tiny model, the report's sections, adapter checks."""
 import json
+from pathlib import Path
 
 import pytest
 
@@ -172,3 +173,63 @@ def test_limit_per_task_and_its_warning(setup, capsys):
     assert "fewer rows than the eval limit" in capsys.readouterr().out
     with pytest.raises(DataError, match="'I9' is not a task"):
         load_rows(data, "test", "I0", {"I9": 3})
+
+
+def test_rescore_under_the_reclm_gen_protocol_reuses_the_answers(setup):
+    data, model, tmp, ds = setup
+    src = run_eval(EvalConfig(data=str(data), out=str(tmp / "src"), model=str(model), tasks="I0", limit=3,
+                              max_new_tokens=24, name="tiny"))
+    out = run_eval(EvalConfig(data=str(data), out=str(tmp / "strict"), tasks="I0", limit=3, rescore=str(src),
+                              protocol="reclm-gen", model="no-such-model"))   # no model is loaded
+    a, b = (json.loads((d / "metrics.json").read_text()) for d in (src, out))
+    assert b["protocol"] == {"name": "reclm-gen", "parser": "strict", "reward_ranks": "unmasked"}
+    assert a["protocol"]["parser"] == "lenient" and b["rescored_from"] == str(src) and b["name"] == "tiny"
+    ga = [json.loads(x)["answer"] for x in (src / "generations.jsonl").read_text().splitlines()]
+    gb = [json.loads(x)["answer"] for x in (out / "generations.jsonl").read_text().splitlines()]
+    assert ga == gb and b["rows_sha256"] == a["rows_sha256"]
+    from recalign.eval.metrics import sample_metrics
+    rows = [json.loads(x) for x in (data / "test.jsonl").read_text().splitlines() if '"task": "I0"' in x][:3]
+    want = [sample_metrics(r, t, ds.catalog, parser="strict")["CorrectCount"] for r, t in zip(rows, ga)]
+    assert b["exact"]["I0"]["CorrectCount"] == sum(want) / 3
+    with pytest.raises(DataError, match="are not for the 2 rows"):
+        run_eval(EvalConfig(data=str(data), out=str(tmp / "x"), tasks="I0", limit=2, rescore=str(src)))
+
+
+def test_report_says_whether_rl_beat_sft_on_validation(tmp_path):
+    won = {"rows": 32, "curve": [{"step": 0, "reward": 1.0}, {"step": 4, "reward": 1.5}], "best_step": 4,
+           "best_vs_sft": {"n": 32, "diff": 0.5, "lo": 0.1, "hi": 0.9, "p": 0.01}, "beats_sft": True}
+    lost = {"rows": 32, "curve": [{"step": 0, "reward": 1.0}, {"step": 4, "reward": 0.5}], "best_step": 0,
+            "beats_sft": False}
+    text = write_report(tmp_path, [_run_metrics("base", 0.1)], validation={"ppo": won, "grpo": lost}).read_text()
+    assert "## RL checkpoint selection (validation)" in text
+    assert "| ppo | 32 | 0: 1.000, 4: 1.500 | 4 | +0.500 [+0.100, +0.900] | 0.01 | yes |" in text
+    assert "| grpo | 32 | 0: 1.000, 4: 0.500 | 0 | – | – | no: no RL checkpoint scored above the SFT model |" in text
+
+
+def test_a_moved_run_folder_works_from_another_directory(ml100k_dir, tmp_path, monkeypatch):
+    import shutil
+
+    from recalign.data import RecDataset
+    from recalign.models.resolve import build_tiny_random
+    from recalign.tasks.builder import BuildConfig, build_dataset
+    from recalign.trainers.rewarding import load_reward_context
+    from tests.conftest import untrained_teacher_dir
+
+    run = tmp_path / "runs" / "x"
+    shutil.copytree(ml100k_dir, run / "data")
+    ds = RecDataset.load(run / "data")
+    monkeypatch.chdir(tmp_path)                         # relative paths, as a user types them
+    build_dataset("runs/x/data", untrained_teacher_dir(ds, Path("runs/x/teacher")), "I0", "runs/x/inst",
+                  BuildConfig(max_users=4))
+    card = json.loads((run / "inst" / "card.json").read_text())
+    assert card["config"]["data"] == "../data" and card["config"]["teacher"] == "../teacher"
+    shutil.move(str(tmp_path / "runs"), str(tmp_path / "moved"))
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    inst = tmp_path / "moved" / "x" / "inst"
+    ctx = load_reward_context(inst)                     # data and teacher found beside the card
+    assert ctx.teacher is not None and ctx.dataset.n_items == ds.n_items
+    out = run_eval(EvalConfig(data=str(inst), out="ev", model=str(build_tiny_random(tmp_path / "tiny")),
+                              tasks="I0", limit=1, max_new_tokens=8, backend="hf"))
+    assert json.loads((out / "metrics.json").read_text())["teacher"]["n_samples"] == 1

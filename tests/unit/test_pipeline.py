@@ -98,3 +98,40 @@ def test_sft_recipe_fields_exist():
     keys = set(yaml.safe_load((ROOT / "recipes" / "sft-ml100k-smollm2.yaml").read_text()))
     assert keys <= names
     assert set(load_recipe(RECIPE)["sft"]) <= names
+
+
+def test_a_task_defined_only_in_a_yaml_goes_through_build_sft_rl_and_eval(tmp_path, monkeypatch):
+    from tests.conftest import FIXTURES
+
+    monkeypatch.setenv("RECALIGN_CACHE", str(tmp_path / "cache"))
+    tiny = {**TINY, "out": str(tmp_path / "run"),
+            "build": {"tasks": "SeqShort", "task_dir": str(FIXTURES / "tasks"), "max_users": 12},
+            "eval": {**TINY["eval"], "tasks": "SeqShort"}}
+    p = Pipeline(load_recipe(RECIPE, "quick", tiny), log=lambda s: None)
+    p.run()
+    rows = [json.loads(x) for x in (tmp_path / "run" / "inst" / "train.jsonl").read_text().splitlines()]
+    assert {r["task"] for r in rows} == {"SeqShort"} and {r["rule"] for r in rows} == {"I0"}
+    assert all(len(r["history"]) <= 5 and 3 <= r["item_count"] <= 5 for r in rows)
+    for run in ("eval-base", "eval-sft", "eval-ppo"):
+        m = json.loads((tmp_path / "run" / run / "metrics.json").read_text())
+        t = m["exact"]["SeqShort"]              # scored under its own name, by the I0 rule
+        assert t["n_samples"] == 2 and "HR" in t and "NonExist_rate" in t
+        assert "MRR" not in t and "InHistory" not in t   # only the metrics its file lists
+    ppo = json.loads((tmp_path / "run" / "ppo" / "card.json").read_text())
+    assert any("reward/list" in h for h in ppo["log_history"])   # RL rewarded its rows
+
+
+def test_task_files_with_bad_rules_fail_with_the_file_and_the_choices(tmp_path):
+    from recalign.tasks.spec import parse_spec, validate_templates
+
+    base = (Path(__file__).resolve().parents[1] / "fixtures" / "tasks" / "seq_short.yaml").read_text()
+    for old, new, msg in [("reward: rank", "reward: ndcg", "key 'reward' must be one of rank, rank\\+task"),
+                          ("NonExist@10]", "Recall@10]", "key 'metrics' must be a list of HR@10"),
+                          ("reward: rank", "reward: rank+task", "key 'reward' must be 'rank', 'task' or 'none' here")]:
+        f = tmp_path / "t.yaml"
+        f.write_text(base.replace(old, new))
+        with pytest.raises(DataError, match=f"t.yaml: {msg}"):
+            parse_spec(f)
+    f.write_text(base.replace("i0_sequential.jinja", "i0_seq.jinja"))
+    with pytest.raises(DataError, match="t.yaml: key 'template': template 'i0_seq.jinja' not found.*did you mean"):
+        validate_templates(parse_spec(f))

@@ -218,3 +218,21 @@ def test_each_reward_lands_on_the_sample_it_scored(tiny, tmp_path):
     assert len(texts) > 1                                # the samples really differ
     st = batch["stats"]
     assert 0.0 <= st["same_reward_share"] <= 1.0 and st["reward/spread"] >= 0.0
+
+
+def test_validation_keeps_the_best_checkpoint_and_says_whether_it_beats_sft(tiny, tmp_path):
+    tr = _toy_trainer(tiny, tmp_path, steps=6, save_steps=2, valid_rows=1)
+    tr.valid_rows = TOY_ROWS * 4
+    tr.train()
+    steps = [v["step"] for v in tr.validation]
+    assert steps == [0, 2, 4, 6]                          # the SFT model first, then each checkpoint
+    rewards = [v["reward"] for v in tr.validation]
+    assert rewards[0] < 1 and max(rewards) == 1.0         # greedy "1. Alien" once learned
+    best = tr.restore_best(tmp_path)
+    assert best == steps[rewards.index(max(rewards))]
+    greedy = tr._generate(tr._encode(TOY_ROWS), TOY_ROWS, greedy=True)
+    assert tr.tok.decode(tr._trim(greedy)[0], skip_special_tokens=True).strip() == "1. Alien"
+    summary = tr.validation_summary(best)
+    assert summary["best_step"] == best and summary["rows"] == 4 and len(summary["curve"]) == 4
+    assert summary["best_vs_sft"]["n"] == 4 and summary["best_vs_sft"]["diff"] == pytest.approx(1 - rewards[0])
+    assert summary["beats_sft"] == (summary["best_vs_sft"]["lo"] > 0)

@@ -1,0 +1,69 @@
+"""Protocols: which rules score an answer, named so that two numbers are only compared
+when they were made under the same rules.
+
+``recalign`` (ours) and ``reclm-gen`` (the official RecLM-gen code, REFERENCE.md §1.7)
+differ in named options, each with two values, so a user can switch one at a time:
+
+* ``parser``: ``lenient`` reads numbered, bulleted or plain lists, skips prose lines, and
+  matches titles case-insensitively with quotes and a trailing ``(year)`` optional;
+  ``strict`` is the official parser (every line an item, one ``N. `` removed, exact
+  case-sensitive titles). Ours is lenient because a reward should judge the recommendation,
+  not punish a 135M model's preamble; strict leaves RL more format error to fix, and is
+  the only way to compare a number with the paper's.
+* ``reward_ranks``: ``masked`` ranks an item among the items outside the prompt's history
+  (the teacher's labels are made that way, and history items are illegal anyway);
+  ``unmasked`` is the official ranking endpoint, whose ranks count history items too.
+
+Options the official code has that are not wired here yet (RL item_count U{6..10}, its
+I1/I2/I3 sampling, reward whitening, the warm-up + power-2 schedule, AdamW eps 1e-5 and
+weight decay 0, clip 0.5, per-sequence minibatches, full lm_head tuning) are listed in the
+README's protocol section, not accepted silently as options that do nothing.
+
+>>> get_protocol("reclm-gen").parser, get_protocol("reclm-gen", parser="lenient").as_dict()
+('strict', {'name': 'reclm-gen', 'parser': 'lenient', 'reward_ranks': 'unmasked'})
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, replace
+
+from recalign.data.util import DataError, suggest
+
+PARSERS = ("lenient", "strict")
+RANKS = ("masked", "unmasked")
+
+
+@dataclass(frozen=True)
+class Protocol:
+    name: str
+    parser: str = "lenient"
+    reward_ranks: str = "masked"
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+PROTOCOLS = {
+    "recalign": Protocol("recalign", parser="lenient", reward_ranks="masked"),
+    "reclm-gen": Protocol("reclm-gen", parser="strict", reward_ranks="unmasked"),
+}
+CHOICES = {"parser": PARSERS, "reward_ranks": RANKS}
+
+
+def get_protocol(name: str | None = "recalign", **overrides) -> Protocol:
+    """The named protocol with single options overridden (None values are ignored).
+    Unknown names and values are a :class:`DataError` listing the choices."""
+    name = name or "recalign"
+    if name not in PROTOCOLS:
+        raise DataError(f"--protocol {name!r}: choose one of {', '.join(PROTOCOLS)}{suggest(name, PROTOCOLS)}")
+    set_ = {k: v for k, v in overrides.items() if v is not None}
+    for k, v in set_.items():
+        if k not in CHOICES:
+            raise DataError(f"protocol option {k!r}: unknown (options: {', '.join(CHOICES)})")
+        if v not in CHOICES[k]:
+            raise DataError(f"--{k.replace('_', '-')} {v!r}: choose one of {', '.join(CHOICES[k])}")
+    return replace(PROTOCOLS[name], **set_)
+
+
+def protocol_of(run: dict) -> dict:
+    """A metrics.json's protocol; runs written before protocols existed used ``recalign``."""
+    return run.get("protocol") or PROTOCOLS["recalign"].as_dict()
