@@ -128,18 +128,23 @@ def card_relative(path: str | Path | None, card_dir: str | Path) -> str | None:
     return os.path.relpath(Path(path).resolve(), Path(card_dir).resolve())
 
 
-def card_path(value: str | None, card_dir: str | Path) -> Path | None:
+def card_path(value: str | None, card_dir: str | Path, where_made: str | None = None) -> Path | None:
     """A path a card stores, resolved: relative to the card's directory (absolute paths as they
-    are; a card written before paths travelled: relative to the working directory)."""
+    are). When that does not exist: ``where_made`` (the absolute path recorded beside it, for a
+    card copied without its neighbours), then the working directory (cards written before
+    paths travelled)."""
     if not value:
         return None
     p = Path(value)
     if p.is_absolute():
         return p
     cand = Path(os.path.normpath(Path(card_dir) / p))
-    if cand.exists() or not p.exists():
+    if cand.exists():
         return cand
-    return p
+    for other in (Path(where_made) if where_made else None, p):
+        if other is not None and other.exists():
+            return other
+    return cand
 
 
 def suggest(name: str, choices) -> str:

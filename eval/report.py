@@ -36,7 +36,7 @@ def _label(run: dict) -> str:
 
 
 def _protocol_defaults() -> dict:
-    from recalign.protocol import PROTOCOLS
+    from recalign.rewards.protocol import PROTOCOLS
 
     return {n: p.as_dict() for n, p in PROTOCOLS.items()}
 
@@ -124,7 +124,7 @@ def compare_runs(a: dict, b: dict) -> list[dict]:
 
     if a.get("rows_sha256") and b.get("rows_sha256") and a["rows_sha256"] != b["rows_sha256"]:
         raise ValueError(f"cannot compare {a['name']} and {b['name']}: they were evaluated on different test rows")
-    from recalign.protocol import protocol_of
+    from recalign.rewards.protocol import protocol_of
 
     pa, pb = protocol_of(a), protocol_of(b)
     if pa != pb:
@@ -342,7 +342,7 @@ def write_report(out: str | Path, runs: list[dict], curves: dict[str, list[dict]
     ``validation``: method -> the RL card's validation summary (checkpoint selection)."""
     out = Path(out)
     lines = ["# recalign evaluation report", ""]
-    from recalign.protocol import protocol_of
+    from recalign.rewards.protocol import protocol_of
 
     lines += ["| model | backend | decoding | protocol | split | rows | generation (s) |",
               "|---|---|---|---|---|---|---|"]

@@ -52,7 +52,7 @@ class EvalConfig:
     retention_limit: int | None = 100
     seed: int = 0
     name: str | None = None                  # label in reports (default: adapter dir or "base")
-    protocol: str = "recalign"               # scoring rules: recalign | reclm-gen (recalign/protocol.py)
+    protocol: str = "recalign"               # scoring rules: recalign | reclm-gen (rewards/protocol.py)
     parser: str | None = None                # one protocol option overridden: lenient | strict
     rescore: str | None = None               # an eval output dir: score its answers again (same rows),
                                              # e.g. under another protocol; nothing is generated
@@ -188,12 +188,13 @@ def intervals_and_rows(rows: list[dict], samples: list[dict]) -> tuple[dict, lis
 def run_eval(cfg: EvalConfig, overwrite: bool = False) -> Path:
     rows = load_rows(cfg.data, cfg.split, cfg.tasks, cfg.limit)
     card = json.loads((Path(cfg.data) / "card.json").read_text()) if (Path(cfg.data) / "card.json").is_file() else {}
-    data_dir = card_path(card.get("config", {}).get("data"), cfg.data)
+    made_at = card.get("made_at") or {}
+    data_dir = card_path(card.get("config", {}).get("data"), cfg.data, made_at.get("data"))
     if not data_dir or not Path(data_dir).is_dir():
         raise DataError(f"{cfg.data}/card.json does not name an existing dataset directory; rebuild with "
                         "`recalign data build`")
     ds = RecDataset.load(data_dir)
-    from recalign.protocol import get_protocol
+    from recalign.rewards.protocol import get_protocol
 
     proto = get_protocol(cfg.protocol, parser=cfg.parser)
     if cfg.rescore:
@@ -252,7 +253,8 @@ def _score_and_write(cfg: EvalConfig, rows, answers, ds, card, proto, overwrite,
 
         judge = judge_ratings(ds, [r for r, _ in i0], [parse_list(a, ds.catalog) for _, a in i0])
         judge.pop("per_list")
-    teacher_dir = cfg.teacher or card_path(card.get("config", {}).get("teacher"), cfg.data)
+    teacher_dir = cfg.teacher or card_path(card.get("config", {}).get("teacher"), cfg.data,
+                                           (card.get("made_at") or {}).get("teacher"))
     teacher = teacher_on_rows(teacher_dir, ds, rows) if teacher_dir and Path(teacher_dir).is_dir() else None
     popularity = popularity_on_rows(ds, rows)
     metrics = {

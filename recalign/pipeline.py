@@ -125,7 +125,7 @@ class Pipeline:
 
         r, seed = self.r, self.r["seed"]
         if r.get("protocol"):
-            from recalign.protocol import get_protocol
+            from recalign.rewards.protocol import get_protocol
 
             get_protocol(r["protocol"])     # an unknown name fails here, before any stage runs
         prep = {"dataset": r.get("dataset", "ml-100k"), **(r.get("prepare") or {})}
@@ -153,7 +153,7 @@ class Pipeline:
 
         ev = {"tasks": "I0,I1,I2", "limit": 100, "max_new_tokens": 256, "batch_size": 16, "backend": "auto",
               **(r.get("eval") or {})}
-        protocol = r.get("protocol")        # recipe-wide scoring rules (recalign/protocol.py)
+        protocol = r.get("protocol")        # recipe-wide scoring rules (rewards/protocol.py)
         if protocol:
             ev["protocol"] = protocol
         grounded = ev.pop("grounded", [False])

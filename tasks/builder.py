@@ -471,6 +471,7 @@ def build_dataset(data: str | Path, teacher_dir: str | Path, tasks: str | list[s
             "data.build", {**cfg.__dict__, "tasks": [s.id for s in specs],
                            # relative to this card's folder: a run folder can move (data/util.py)
                            "data": card_relative(data, out), "teacher": card_relative(teacher_dir, out)},
+            made_at={"data": str(Path(data).resolve()), "teacher": str(Path(teacher_dir).resolve())},
             seed=cfg.seed, inputs=inputs, counts=counts,
             rows_total=sum(len(r) for r in rows.values()),
             rows_per_second=round(sum(len(r) for r in rows.values()) / max(elapsed, 1e-9), 1),

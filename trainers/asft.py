@@ -416,8 +416,9 @@ def train(cfg: RecASFTConfig) -> Path:
     if cfg.asft_baseline == "teacher":
         from recalign.data.util import card_path
 
-        teacher_dir = cfg.teacher or card_path(
-            json.loads((Path(cfg.data) / "card.json").read_text())["config"]["teacher"], cfg.data)
+        card = json.loads((Path(cfg.data) / "card.json").read_text())
+        teacher_dir = cfg.teacher or card_path(card["config"]["teacher"], cfg.data,
+                                               (card.get("made_at") or {}).get("teacher"))
         inputs["teacher"] = sha256_file(Path(teacher_dir) / "model.safetensors")
     if cfg.adapter and (Path(cfg.adapter) / "adapter_model.safetensors").is_file():
         inputs["sft_adapter"] = sha256_file(Path(cfg.adapter) / "adapter_model.safetensors")

@@ -28,7 +28,7 @@ class RewardContext:
     dataset: RecDataset
     teacher: object | None            # recalign.teacher.Teacher, or None: target-only rank score
     fuzzy: bool = False
-    parser: str = "lenient"           # the protocol's parser (recalign/protocol.py)
+    parser: str = "lenient"           # the protocol's parser (rewards/protocol.py)
     mask_ranks: bool = True           # reward ranks among non-history items (reclm-gen: unmasked)
 
     @property
@@ -61,19 +61,21 @@ def load_reward_context(inst_dir: str | Path, teacher: str | Path | None = None,
     """The dataset and teacher that built ``inst_dir`` (from its card.json); without
     ``load_teacher`` only the dataset (rank rewards then use the target only). ``protocol``
     (with single options overridden) sets the parser and the rank convention."""
-    from recalign.protocol import get_protocol
+    from recalign.rewards.protocol import get_protocol
 
     proto = get_protocol(protocol, parser=parser, reward_ranks=reward_ranks)
     card_path = Path(inst_dir) / "card.json"
     if not card_path.is_file():
         raise DataError(f"{inst_dir}: no card.json; build instruction data with `recalign data build --out {inst_dir}`")
-    cfg = json.loads(card_path.read_text()).get("config", {})
-    data_dir = stored_path(cfg.get("data"), inst_dir)
+    card = json.loads(card_path.read_text())
+    cfg, made_at = card.get("config", {}), card.get("made_at") or {}
+    data_dir = stored_path(cfg.get("data"), inst_dir, made_at.get("data"))
     if not data_dir or not Path(data_dir).is_dir():
         raise DataError(f"{card_path}: field config.data ({data_dir!r}) is not an existing dataset directory; "
                         "rebuild with `recalign data build`")
     ds = RecDataset.load(data_dir)
-    teacher_dir = (teacher or stored_path(cfg.get("teacher"), inst_dir)) if load_teacher else None
+    teacher_dir = (teacher or stored_path(cfg.get("teacher"), inst_dir, made_at.get("teacher"))) \
+        if load_teacher else None
     t = None
     if teacher_dir:
         if not Path(teacher_dir).is_dir():

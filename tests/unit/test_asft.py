@@ -194,7 +194,7 @@ def test_teacher_baseline_and_eval_loss_through_main(inst):
     assert _run(inst, out, "--max_steps", "1", "--asft_baseline", "teacher", "--asft_teacher_k", "5",
                 "--asft_normalize", "true", "--eval_samples", "3", "--eval_strategy", "steps", "--eval_steps", "1") == 0
     card = json.loads((out / "card.json").read_text())
-    teacher = json.loads((inst[0] / "card.json").read_text())["config"]["teacher"]
+    teacher = json.loads((inst[0] / "card.json").read_text())["made_at"]["teacher"]
     assert card["baseline"] == "teacher" and card["baseline_teacher"] == teacher and "teacher" in card["inputs"]
     assert card["normalize_per_batch"] is True and card["advantage_stats"]["max"] > card["advantage_stats"]["min"]
     (ev,) = [h for h in card["log_history"] if "eval_loss" in h]

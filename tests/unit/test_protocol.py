@@ -5,7 +5,7 @@ import pytest
 
 from recalign.data import Catalog, DataError
 from recalign.eval.metrics import sample_metrics
-from recalign.protocol import get_protocol, protocol_of
+from recalign.rewards.protocol import get_protocol, protocol_of
 from recalign.rewards import item_and_list_rewards
 from recalign.rewards.parser import parse_items_strict
 
