@@ -30,12 +30,12 @@ Levenshtein 3 (``fuzzy=True``, the paper's eval); :func:`evaluate` reports both,
 """
 from __future__ import annotations
 
-import math
 from typing import Iterable, Mapping, Sequence
 
 from recalign.data import Catalog, normalize_title
 from recalign.rewards.parser import ParsedItem, catalog_index, completion_text, lookup_item, match_title, parse_answer
 from recalign.rewards.reclm import RowSpec, row_rule, row_spec
+from recalign.teacher.metrics import position_scores
 
 __all__ = ["COUNT_METRICS", "sample_metrics", "aggregate_metrics", "evaluate"]
 
@@ -108,8 +108,7 @@ def sample_metrics(row: Mapping, completion, catalog: Catalog, *, fuzzy: bool = 
         out.update(HR=None, NDCG=None, MRR=None)
     else:
         pos = items.index(spec.target) if spec.target in items else -1
-        out.update(HR=int(pos >= 0), NDCG=1.0 / math.log2(pos + 2) if pos >= 0 else 0.0,
-                   MRR=1.0 / (pos + 1) if pos >= 0 else 0.0)
+        out.update(position_scores(pos))
     if spec.cat_mask is None:
         out["TCP"] = None
     else:

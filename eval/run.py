@@ -120,9 +120,11 @@ def decoding(cfg: EvalConfig) -> str:
 def _reference(name: str, i0: list[dict], top: list, **extra) -> dict:
     from .stats import bootstrap_ci
 
+    from recalign.teacher.metrics import position_scores
+
     pos = [list(tp).index(r["target"]) if r["target"] in tp else -1 for r, tp in zip(i0, top)]
-    hrs = [int(p >= 0) for p in pos]
-    ndcgs = [1 / np.log2(p + 2) if p >= 0 else 0.0 for p in pos]
+    scores = [position_scores(p) for p in pos]
+    hrs, ndcgs = [x["HR"] for x in scores], [x["NDCG"] for x in scores]
     ci = {"HR": bootstrap_ci(hrs), "NDCG": bootstrap_ci(ndcgs)}
     return {"name": name, "HR": float(np.mean(hrs)), "NDCG": float(np.mean(ndcgs)), "n_samples": len(i0), **extra,
             "intervals": {m: [c["lo"], c["hi"]] for m, c in ci.items()},
