@@ -38,6 +38,47 @@ def rescore(run: Path, name: str, recipe: dict, protocol: str) -> Path:
     return out
 
 
+def _ci(m: dict, task: str, key: str, pct: bool) -> str:
+    v = (m["exact"].get(task) or {}).get(key)
+    ci = (m.get("intervals") or {}).get(task, {}).get(key)
+    if v is None:
+        return "–"
+    if pct:
+        return f"{100 * v:.1f}% [{100 * ci[0]:.1f}, {100 * ci[1]:.1f}]" if ci else f"{100 * v:.1f}%"
+    return f"{v:.3f} [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else f"{v:.3f}"
+
+
+def headline(evals: dict[str, dict]) -> str:
+    """The README table: per model and decoding, I0 HR/NDCG@10 (n = the I0 rows), and over
+    all tasks CorrectCount and Repeat+NonExist+InHistory; the baselines on the same I0 rows."""
+    lines = ["| model | decoding | I0 HR@10 | I0 NDCG@10 | CorrectCount (tasks evaluated) | Repeat+NonExist+InHistory@10 | "
+             "I1+ TCP@10 | I1- TCP@10 |", "|---|---|---|---|---|---|---|---|"]
+    ref = None
+    order = {"base": 0, "sft": 1}
+    decs = {"free": 0, "grounded": 1, "beam": 2}
+    items = sorted(evals.items(), key=lambda kv: (order.get(kv[1]["name"], 2), kv[1]["name"],
+                                                   decs.get(kv[1].get("decoding") or "free", 0)))
+    for name, m in items:
+        if m.get("rescored_from"):
+            continue
+        dec = m.get("decoding") or ("grounded" if m.get("grounded") else "free")
+        allm = m["exact"].get("all", {})
+        err = sum(allm.get(k) or 0 for k in ("RepeatItem_rate", "NonExist_rate", "InHistory_rate"))
+        eci = (m.get("intervals") or {}).get("all", {}).get("Errors_rate")
+        errs = f"{100 * err:.1f}% [{100 * eci[0]:.1f}, {100 * eci[1]:.1f}]" if eci else f"{100 * err:.1f}%"
+        lines.append(f"| {m['name']} | {dec} | {_ci(m, 'I0', 'HR', False)} | {_ci(m, 'I0', 'NDCG', False)} | "
+                     f"{_ci(m, 'all', 'CorrectCount', True)} | {errs} | {_ci(m, 'I1+', 'TCP', True)} | "
+                     f"{_ci(m, 'I1-', 'TCP', True)} |")
+        ref = ref or m
+    for key, label in (("teacher", "SASRec teacher"), ("popularity", "most popular")):
+        t = (ref or {}).get(key)
+        if t:
+            ci = t.get("intervals", {})
+            lines.append(f"| {label} | ranking | {t['HR']:.3f} [{ci['HR'][0]:.3f}, {ci['HR'][1]:.3f}] | "
+                         f"{t['NDCG']:.3f} [{ci['NDCG'][0]:.3f}, {ci['NDCG'][1]:.3f}] | – | – | – | – |")
+    return "\n".join(lines) + "\n"
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--run", required=True)
@@ -46,8 +87,8 @@ def main() -> None:
     args = ap.parse_args()
     run, out = Path(args.run), Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    pipe = json.loads((run / "pipeline.json").read_text())
-    recipe = pipe["recipe"]
+    pipe = json.loads((run / "pipeline.json").read_text()) if (run / "pipeline.json").is_file() else {}
+    recipe = pipe.get("recipe", {})
     summary = {"recipe": recipe, "stages": [], "evals": {}}
     for name, secs in stage_times(run):
         settings = json.loads((run / f"{name}.stage.json").read_text()).get("settings")
@@ -76,11 +117,14 @@ def main() -> None:
                                                              and x["protocol"]["name"] != "reclm-gen")["exact"],
                                             "reclm-gen": m["exact"]} for m in strict}
         shutil.rmtree(out / "protocols" / "plots", ignore_errors=True)
-    shutil.copy(run / "report" / "report.md", out / "report.md")
+    if (run / "report" / "report.md").is_file():
+        shutil.copy(run / "report" / "report.md", out / "report.md")
     for png in (run / "report" / "plots").glob("*.png"):
         (out / "plots").mkdir(exist_ok=True)
         shutil.copy(png, out / "plots" / png.name)
     (out / "summary.json").write_text(json.dumps(summary, indent=1, default=str) + "\n")
+    (out / "headline.md").write_text(headline(summary["evals"]))
+    print(headline(summary["evals"]))
     total = sum(s for _, s in stage_times(run))
     lines = ["| stage | seconds |", "|---|---|"] + [f"| {n} | {s:.0f} |" for n, s in stage_times(run)]
     lines.append(f"| total | {total:.0f} ({total / 60:.1f} min) |")

@@ -26,7 +26,7 @@ import numpy as np
 import pandas as pd
 
 from .loaders import RawData, load_raw
-from .util import DataError, atomic_dir, provenance, sha256_file, write_json
+from .util import DataError, atomic_dir, check_out, provenance, sha256_file, write_json
 
 MIN_SEQUENCE = 3  # one training item, one validation item, one test item
 
@@ -224,10 +224,12 @@ def prepare_dataset(out: str | Path, opts: PrepareOptions, input_dir=None, overw
     >>> prepare_dataset("runs/ml100k", PrepareOptions("ml-100k"))   # doctest: +SKIP
     PosixPath('runs/ml100k')
     """
+    inputs = [input_dir, *files.values()]
+    check_out(out, overwrite, inputs)            # before any reading: --overwrite never eats an input
     raw = load_raw(opts.dataset, input_dir, columns=opts.columns, item_columns=opts.item_columns,
                    category_sep=opts.category_sep, **files)
     res = prepare(raw, opts)
-    with atomic_dir(out, overwrite=overwrite) as tmp:
+    with atomic_dir(out, overwrite=overwrite, inputs=inputs) as tmp:
         for name in ("items", "users", "interactions", "sequences"):
             res[name].to_parquet(tmp / f"{name}.parquet", index=False)
         card = provenance(

@@ -32,14 +32,52 @@ def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
+OUTPUT_MARKERS = ("card.json", "metrics.json")     # what every recalign output folder holds
+
+
+def check_out(final: str | os.PathLike, overwrite: bool = False, inputs=()) -> None:
+    """Refuse an ``--out`` that would destroy what the user owns, before any work is done.
+
+    With ``overwrite``, an existing folder is replaced only when it is a recalign output (it
+    holds a card.json or metrics.json) and is not the working directory or one above it, nor
+    one of this command's inputs, inside one, or holding one. Without it, an existing
+    ``--out`` is an error.
+    """
+    final = Path(final)
+    if not final.exists():
+        return
+    if not overwrite:
+        raise FileExistsError(f"{final} already exists; pass --overwrite or choose another --out")
+    f = final.resolve()
+    cwd = Path.cwd().resolve()
+    if f == cwd or f in cwd.parents or f == Path.home().resolve() or f == Path(f.anchor):
+        raise DataError(f"--out {final}: refusing to replace the current folder or one above it; "
+                        "choose a new folder for the output")
+    for inp in inputs:
+        if inp is None:
+            continue
+        i = Path(inp).resolve()
+        if f == i or f in i.parents or i in f.parents:
+            raise DataError(f"--out {final}: it is, holds or lies inside this command's input {inp}; "
+                            "--overwrite would delete the input: choose another --out")
+    if not final.is_dir() or not any((final / m).is_file() for m in OUTPUT_MARKERS):
+        raise DataError(f"--out {final}: exists and is not a recalign output (no {' or '.join(OUTPUT_MARKERS)}); "
+                        "--overwrite only replaces recalign's own folders: move it away or choose another --out")
+
+
 @contextlib.contextmanager
-def atomic_dir(final: str | os.PathLike, overwrite: bool = False) -> Iterator[Path]:
+def atomic_dir(final: str | os.PathLike, overwrite: bool = False, inputs=None) -> Iterator[Path]:
     """Yield a temporary sibling directory; rename it to ``final`` only on success.
+
+    ``inputs`` (a user-facing command's input paths): the ownership rules of
+    :func:`check_out` apply before an existing ``final`` is replaced.
 
     >>> with atomic_dir("/tmp/out") as tmp:   # doctest: +SKIP
     ...     (tmp / "a.txt").write_text("done")
     """
     final = Path(final)
+    if inputs is not None:
+        check_out(final, overwrite, inputs)
     if final.exists() and not overwrite:
         raise FileExistsError(f"{final} already exists; pass --overwrite or choose another --out")
     final.parent.mkdir(parents=True, exist_ok=True)

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from recalign.data import DataError, RecDataset
-from recalign.data.util import atomic_dir, card_path, provenance, sha256_file, write_json
+from recalign.data.util import atomic_dir, card_path, check_out, provenance, sha256_file, write_json
 
 from recalign.rewards.reclm import row_rule
 
@@ -188,6 +188,8 @@ def intervals_and_rows(rows: list[dict], samples: list[dict]) -> tuple[dict, lis
 
 
 def run_eval(cfg: EvalConfig, overwrite: bool = False) -> Path:
+    inputs = [cfg.data, cfg.adapter, cfg.rescore, cfg.teacher]
+    check_out(cfg.out, overwrite, inputs)        # before generation, not after it
     rows = load_rows(cfg.data, cfg.split, cfg.tasks, cfg.limit)
     card = json.loads((Path(cfg.data) / "card.json").read_text()) if (Path(cfg.data) / "card.json").is_file() else {}
     made_at = card.get("made_at") or {}
@@ -271,7 +273,7 @@ def _score_and_write(cfg: EvalConfig, rows, answers, ds, card, proto, overwrite,
         "by_history_length": _hr_by_history(rows, res["samples_exact"]),
         **(extra or {}),
     }
-    with atomic_dir(cfg.out, overwrite=overwrite) as tmp:
+    with atomic_dir(cfg.out, overwrite=overwrite, inputs=[cfg.data, cfg.adapter, cfg.rescore, cfg.teacher]) as tmp:
         with open(tmp / "generations.jsonl", "w", encoding="utf-8") as f:
             samples = iter(res["samples_exact"])
             for r, a in zip(rows, answers):

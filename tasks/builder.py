@@ -435,11 +435,13 @@ def build_dataset(data: str | Path, teacher_dir: str | Path, tasks: str | list[s
 
     import datasets
 
-    from recalign.data.util import atomic_dir, card_relative, provenance, sha256_file, write_json
+    from recalign.data.util import atomic_dir, card_relative, check_out, provenance, sha256_file, write_json
     from recalign.teacher import Teacher
 
     from .spec import load_specs, resolve_tasks, validate_templates
 
+    inputs = [data, teacher_dir, task_dir, cfg.templates, cfg.sharegpt, cfg.reference]
+    check_out(out, overwrite, inputs)
     specs = resolve_tasks(tasks, load_specs(task_dir))
     for spec in specs:              # a missing template fails here, before the teacher loads
         validate_templates(spec, cfg.templates)
@@ -448,7 +450,7 @@ def build_dataset(data: str | Path, teacher_dir: str | Path, tasks: str | list[s
     t0 = time.perf_counter()
     rows, b = build_rows(ds, teacher, specs, cfg)
     elapsed = time.perf_counter() - t0
-    with atomic_dir(out, overwrite=overwrite) as tmp:
+    with atomic_dir(out, overwrite=overwrite, inputs=inputs) as tmp:
         for split, split_rows in rows.items():
             with open(tmp / f"{split}.jsonl", "w", encoding="utf-8") as f:
                 for r in split_rows:

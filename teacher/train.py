@@ -203,7 +203,7 @@ def save_teacher(out: str | Path, model: SASRec, metrics: dict, cfg: TeacherTrai
                  ds: RecDataset, overwrite: bool = False) -> Path:
     from safetensors.torch import save_file
 
-    with atomic_dir(out, overwrite=overwrite) as tmp:
+    with atomic_dir(out, overwrite=overwrite, inputs=[ds.path]) as tmp:
         save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp / "model.safetensors"))
         write_json(tmp / "config.json", {"model": model.cfg.to_dict(),
                                          # relative to the teacher's folder: runs can move

@@ -1,0 +1,68 @@
+"""--overwrite replaces only recalign's own output folders, never an input or the current folder."""
+import pytest
+
+from recalign.data import DataError
+from recalign.data.prepare import PrepareOptions, prepare_dataset
+from recalign.data.util import check_out
+from tests.conftest import FIXTURES
+
+GENERIC = FIXTURES / "generic"
+
+
+def test_overwrite_refuses_the_current_folder_and_its_parents(tmp_path, monkeypatch):
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "mine.txt").write_text("keep me")
+    (work / "card.json").write_text("{}")            # even one that looks like an output
+    monkeypatch.chdir(work)
+    for out in (".", str(tmp_path)):
+        with pytest.raises(DataError, match="refusing to replace the current folder"):
+            prepare_dataset(out, PrepareOptions("generic"), input_dir=GENERIC, overwrite=True)
+    assert (work / "mine.txt").read_text() == "keep me"
+
+
+def test_overwrite_refuses_an_input_or_a_folder_around_one(tmp_path):
+    import shutil
+
+    data = tmp_path / "raw"
+    shutil.copytree(GENERIC, data)
+    (data / "card.json").write_text("{}")
+    with pytest.raises(DataError, match="is, holds or lies inside this command's input"):
+        prepare_dataset(data, PrepareOptions("generic"), input_dir=data, overwrite=True)
+    with pytest.raises(DataError, match="is, holds or lies inside this command's input"):
+        check_out(tmp_path, True, [data])             # a folder holding the input
+    assert sorted(p.name for p in data.iterdir()) == sorted(["card.json", *(f.name for f in GENERIC.iterdir())])
+    assert (data / "interactions.csv").read_bytes() == (GENERIC / "interactions.csv").read_bytes()
+
+
+def test_overwrite_refuses_a_folder_recalign_did_not_make(tmp_path):
+    other = tmp_path / "photos"
+    other.mkdir()
+    (other / "a.jpg").write_bytes(b"\xff\xd8")
+    with pytest.raises(DataError, match="is not a recalign output"):
+        prepare_dataset(other, PrepareOptions("generic"), input_dir=GENERIC, overwrite=True)
+    assert (other / "a.jpg").exists()
+    with pytest.raises(FileExistsError, match="pass --overwrite"):
+        prepare_dataset(other, PrepareOptions("generic"), input_dir=GENERIC)
+
+
+def test_overwrite_replaces_its_own_output(tmp_path):
+    out = prepare_dataset(tmp_path / "d", PrepareOptions("generic"), input_dir=GENERIC)
+    again = prepare_dataset(out, PrepareOptions("generic"), input_dir=GENERIC, overwrite=True)
+    assert (again / "card.json").is_file()
+
+
+def test_eval_checks_its_out_before_generating(tiny_inst):
+    from recalign.eval.run import EvalConfig, run_eval
+
+    data, _, _ = tiny_inst
+    ev = data / "ev"
+    ev.mkdir(exist_ok=True)
+    (ev / "metrics.json").write_text("{}")
+    # "no-such-model" is never loaded: the --out check comes first
+    with pytest.raises(DataError, match="lies inside this command's input"):
+        run_eval(EvalConfig(data=str(data), out=str(ev), model="no-such-model"), overwrite=True)
+    with pytest.raises(FileExistsError, match="pass --overwrite"):
+        run_eval(EvalConfig(data=str(data), out=str(ev), model="no-such-model"))
+    ev.joinpath("metrics.json").unlink()
+    ev.rmdir()
