@@ -184,13 +184,13 @@ def cmd_data_show(args) -> int:
 
 def cmd_teacher_train(args) -> int:
     from recalign.data import RecDataset
+    from recalign.data.util import check_out
     from recalign.teacher.config import TeacherTrainConfig
     from recalign.teacher.train import save_teacher, summary_table, train_teacher
 
     cfg = _dataclass_from(TeacherTrainConfig, args, args.config)
     ds = RecDataset.load(args.data)
-    if Path(args.out).exists() and not args.overwrite:
-        raise FileExistsError(f"{args.out} already exists; pass --overwrite or choose another --out")
+    check_out(args.out, args.overwrite, [args.data])     # before minutes of training
     print(f"training SASRec teacher on {args.data}: {ds.n_users} users, {ds.n_items} items", file=sys.stderr)
     model, metrics = train_teacher(ds, cfg, log=lambda s: print(s, file=sys.stderr))
     save_teacher(args.out, model, metrics, cfg, ds, overwrite=args.overwrite)
