@@ -14,10 +14,11 @@ differ in named options, each with two values, so a user can switch one at a tim
   (the teacher's labels are made that way, and history items are illegal anyway);
   ``unmasked`` is the official ranking endpoint, whose ranks count history items too.
 
-Options the official code has that are not wired here yet (RL item_count U{6..10}, its
-I1/I2/I3 sampling, reward whitening, the warm-up + power-2 schedule, AdamW eps 1e-5 and
-weight decay 0, clip 0.5, per-sequence minibatches, full lm_head tuning) are listed in the
-README's protocol section, not accepted silently as options that do nothing.
+PPO also takes its optimisation details from the protocol where its own fields are unset
+(:data:`RL_DEFAULTS`: reward scaling by a running std, warm-up + power-2 decay, AdamW eps and
+weight decay, gradient clip). Options the official code has that are not wired here yet (RL
+item_count U{6..10}, its I1/I2/I3 sampling, per-sequence minibatches, full lm_head tuning)
+are listed in the README's protocol section, not accepted silently as options that do nothing.
 
 >>> get_protocol("reclm-gen").parser, get_protocol("reclm-gen", parser="lenient").as_dict()
 ('strict', {'name': 'reclm-gen', 'parser': 'lenient', 'reward_ranks': 'unmasked'})
@@ -62,6 +63,16 @@ def get_protocol(name: str | None = "recalign", **overrides) -> Protocol:
         if v not in CHOICES[k]:
             raise DataError(f"--{k.replace('_', '-')} {v!r}: choose one of {', '.join(CHOICES[k])}")
     return replace(PROTOCOLS[name], **set_)
+
+
+# RL settings each protocol implies where a trainer's own field is left unset (None):
+# the official code's rl_train.sh / base/trainer.py against torch's and TRL's usual defaults
+RL_DEFAULTS = {
+    "recalign": {"reward_scaling": "none", "lr_schedule": "constant", "adam_eps": 1e-8, "weight_decay": 0.01,
+                 "max_grad_norm": 1.0},
+    "reclm-gen": {"reward_scaling": "running_std", "lr_schedule": "warmup_power2", "adam_eps": 1e-5,
+                  "weight_decay": 0.0, "max_grad_norm": 0.5},
+}
 
 
 def protocol_of(run: dict) -> dict:

@@ -107,7 +107,18 @@ class RecPPOConfig:
         "help": "stop this rollout batch's updates once approx. KL(old||new) exceeds it (None: never)"})
     whiten_advantages: bool = field(default=True, metadata={"help": "normalise advantages per batch"})
     learning_rate: float = field(default=5e-6, metadata={"help": "AdamW learning rate (actor, critic, value head)"})
-    max_grad_norm: float = field(default=1.0, metadata={"help": "gradient clipping"})
+    max_grad_norm: float | None = field(default=None, metadata={
+        "help": "gradient clipping (default from the protocol: recalign 1.0, reclm-gen 0.5)"})
+    reward_scaling: str | None = field(default=None, metadata={
+        "help": "none | running_std: divide list and item rewards by their running std (the official "
+                "--whiten_reward; default from the protocol)"})
+    lr_schedule: str | None = field(default=None, metadata={
+        "help": "constant | warmup_power2 (linear warm-up, then power-2 decay to 0 over the steps; the "
+                "official schedule; default from the protocol)"})
+    warmup_steps: int = field(default=50, metadata={"help": "warm-up steps of warmup_power2 (at most steps/4)"})
+    adam_eps: float | None = field(default=None, metadata={"help": "AdamW eps (protocol: 1e-8 / reclm-gen 1e-5)"})
+    weight_decay: float | None = field(default=None, metadata={
+        "help": "AdamW weight decay (protocol: 0.01 / reclm-gen 0)"})
     fuzzy: bool = field(default=False, metadata={"help": "match titles within Levenshtein 3 when rewarding"})
     protocol: str = field(default="recalign", metadata={
         "help": "reward rules: recalign (lenient parser, masked ranks) or reclm-gen (README, 'Protocols')"})
@@ -135,6 +146,18 @@ class RecPPOConfig:
             problems.append(f"gamma must be in (0, 1] and lam in [0, 1], got {self.gamma}, {self.lam}")
         if self.kl_coef < 0 or self.lora_r < 1:
             problems.append("kl_coef must be >= 0 and lora_r >= 1")
+        from recalign.rewards.protocol import PROTOCOLS, RL_DEFAULTS
+
+        if self.protocol not in PROTOCOLS:
+            problems.append(f"protocol must be one of {', '.join(PROTOCOLS)}, got {self.protocol!r}")
+        else:
+            for k, v in RL_DEFAULTS[self.protocol].items():
+                if getattr(self, k) is None:
+                    setattr(self, k, v)
+        if self.reward_scaling not in ("none", "running_std", None):
+            problems.append(f"reward_scaling must be none or running_std, got {self.reward_scaling!r}")
+        if self.lr_schedule not in ("constant", "warmup_power2", None):
+            problems.append(f"lr_schedule must be constant or warmup_power2, got {self.lr_schedule!r}")
         if self.rollout_backend not in ("auto", "hf", "vllm"):
             problems.append(f"rollout_backend must be auto, hf or vllm, got {self.rollout_backend!r}")
         if problems:
@@ -145,6 +168,35 @@ class RecPPOConfig:
         import torch
 
         return not torch.cuda.is_available()
+
+
+class RunningMoments:
+    """Running mean and (population) std of every value seen, updated a batch at a time.
+
+    >>> rm = RunningMoments(); rm.update([1.0, 3.0]); rm.update([5.0])
+    >>> rm.mean, round(rm.std, 4)
+    (3.0, 1.633)
+    """
+
+    def __init__(self):
+        self.n, self.mean, self._m2 = 0, 0.0, 0.0
+
+    def update(self, values) -> None:
+        v = np.asarray(list(values), dtype=np.float64)
+        if not v.size:
+            return
+        n, mean, m2 = v.size, float(v.mean()), float(((v - v.mean()) ** 2).sum())
+        delta, total = mean - self.mean, self.n + n
+        self._m2 += m2 + delta ** 2 * self.n * n / total
+        self.mean += delta * n / total
+        self.n = total
+
+    @property
+    def std(self) -> float:
+        """1.0 until there is a spread to divide by (one value, or all equal): the official
+        code would divide by ~eps there and blow the rewards up."""
+        sd = (self._m2 / self.n) ** 0.5 if self.n > 1 else 0.0
+        return sd if sd > 1e-6 else 1.0
 
 
 # --------------------------------------------------------------------------- token placement
@@ -249,7 +301,16 @@ class RecPPOTrainer:
         self.critic_params = [p for n, p in self.model.named_parameters() if ".critic." in n]
         self.critic_params += list(self.value_head.parameters())
         self._trainable = self.actor_params + self.critic_params
-        self.opt = torch.optim.AdamW(self._trainable, lr=cfg.learning_rate)
+        self.opt = torch.optim.AdamW(self._trainable, lr=cfg.learning_rate, eps=cfg.adam_eps,
+                                     weight_decay=cfg.weight_decay)
+        self.sched = None
+        if cfg.lr_schedule == "warmup_power2":     # stepped once per PPO step
+            from transformers import get_polynomial_decay_schedule_with_warmup
+
+            self.sched = get_polynomial_decay_schedule_with_warmup(
+                self.opt, num_warmup_steps=min(cfg.warmup_steps, cfg.steps // 4), num_training_steps=cfg.steps,
+                lr_end=0.0, power=2.0)
+        self._running = {"list": RunningMoments(), "item": {}}
         self.model, self.value_head, self.opt = self.acc.prepare(self.model, self.value_head, self.opt)
         self.device = self.acc.device
         self.step = 0
@@ -461,13 +522,16 @@ class RecPPOTrainer:
         resp = torch.full((N, T), pad, dtype=torch.long)
         mask = torch.zeros((N, T))
         scores = torch.zeros((N, T))
+        list_scale, item_scale = self._reward_scales([results[i] for i in keep])
         for j, i in enumerate(keep):
             a = answers[i]
             resp[j, :len(a)] = torch.tensor(a)
             mask[j, :len(a)] = 1
             r = results[i]
+            k = item_scale.get(getattr(r, "task", None), 1.0)
             scores[j, :len(a)] = torch.from_numpy(
-                place_rewards(char_ends(self.tok, a), r.line_ends, r.item_rewards, r.list_reward)).float()
+                place_rewards(char_ends(self.tok, a), r.line_ends, [x / k for x in r.item_rewards],
+                              r.list_reward / list_scale)).float()
         n_prompts = len(batch_rows)
         pidx = torch.tensor([i % n_prompts for i in keep], dtype=torch.long)
         batch = {
@@ -504,6 +568,23 @@ class RecPPOTrainer:
                       "response_length": float(mask.sum(1).mean()) if N else 0.0})
         batch["stats"] = stats
         return batch
+
+    def _reward_scales(self, results: list) -> tuple[float, dict]:
+        """(list scale, item scale per task): 1 unless ``reward_scaling: running_std``, where the
+        running std of the rewards seen so far, this batch included (RecLM-gen's RunningMoments)."""
+        if self.cfg.reward_scaling != "running_std" or not results:
+            return 1.0, {}
+        eps = float(np.finfo(np.float32).eps)
+        self._running["list"].update([r.list_reward for r in results])
+        by_task: dict = {}
+        for r in results:
+            by_task.setdefault(getattr(r, "task", None), []).extend(r.item_rewards)
+        scales = {}
+        for task, vals in by_task.items():
+            rm = self._running["item"].setdefault(task, RunningMoments())
+            rm.update(vals)
+            scales[task] = rm.std + eps
+        return self._running["list"].std + eps, scales
 
     @staticmethod
     def _spread_stats(prompt_idx: list[int], rewards: list[float]) -> dict:
@@ -603,6 +684,8 @@ class RecPPOTrainer:
         out = Path(cfg.output_dir)
         if cfg.resume:
             self._load_last(out)
+            for _ in range(self.step if self.sched is not None else 0):
+                self.sched.step()                       # the schedule resumes where it was
         if self.step == 0 and not self.validation:
             self._record_validation(out)            # step 0: the SFT model itself
         bar = tqdm(total=cfg.steps, initial=self.step, desc="ppo", disable=not self.acc.is_main_process)
@@ -611,6 +694,9 @@ class RecPPOTrainer:
             batch = self.rollout()
             t1 = time.perf_counter()
             upd = self.update(batch) if batch["resp"].shape[0] else {"updates": 0, "kl_early_stop": False}
+            if self.sched is not None:
+                self.sched.step()
+            upd["lr"] = self.opt.param_groups[0]["lr"]
             self.step += 1
             self.skipped_total += batch["stats"]["skipped"]
             rec = {"step": self.step, **batch["stats"], **upd, "time/update_s": time.perf_counter() - t1,

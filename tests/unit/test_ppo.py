@@ -236,3 +236,26 @@ def test_validation_keeps_the_best_checkpoint_and_says_whether_it_beats_sft(tiny
     assert summary["best_step"] == best and summary["rows"] == 4 and len(summary["curve"]) == 4
     assert summary["best_vs_sft"]["n"] == 4 and summary["best_vs_sft"]["diff"] == pytest.approx(1 - rewards[0])
     assert summary["beats_sft"] == (summary["best_vs_sft"]["lo"] > 0)
+
+
+def test_reclm_gen_protocol_sets_the_official_optimisation(tiny, tmp_path):
+    from recalign.trainers.ppo import RunningMoments
+
+    cfg = RecPPOConfig(model=tiny, data="unused", protocol="reclm-gen", steps=8)
+    assert (cfg.reward_scaling, cfg.lr_schedule, cfg.adam_eps, cfg.weight_decay, cfg.max_grad_norm) == \
+        ("running_std", "warmup_power2", 1e-5, 0.0, 0.5)
+    ours = RecPPOConfig(model=tiny, data="unused", max_grad_norm=2.0)
+    assert (ours.reward_scaling, ours.lr_schedule, ours.max_grad_norm) == ("none", "constant", 2.0)
+    with pytest.raises(ValueError, match="protocol must be one of recalign, reclm-gen"):
+        RecPPOConfig(model=tiny, data="unused", protocol="paper")
+    tr = _toy_trainer(tiny, tmp_path, steps=4, protocol="reclm-gen", warmup_steps=1, learning_rate=1e-3)
+    assert tr.opt.param_groups[0]["eps"] == 1e-5 and tr.opt.param_groups[0]["weight_decay"] == 0.0
+    hist = tr.train()
+    lrs = [h["lr"] for h in hist]
+    # one warm-up step to 1e-3, then (1 - t/T)^2 decay to 0 at the last step
+    assert lrs[0] == pytest.approx(1e-3) and lrs[1] == pytest.approx(1e-3 * (2 / 3) ** 2) and lrs[-1] == 0.0
+    rm = RunningMoments()
+    rm.update([2.0])
+    assert rm.std == 1.0                                    # nothing to divide by yet
+    rm.update([4.0, 6.0])
+    assert rm.std == pytest.approx(math.sqrt(8 / 3))
