@@ -51,3 +51,21 @@ def test_teacher_train_and_eval_cli(tmp_path, capsys):
     assert main(["teacher", "train", "--data", str(data), "--out", str(tmp_path / "t2"), "--config", str(bad)]) == 2
     assert "did you mean 'hidden'" in capsys.readouterr().err
     assert RecDataset.load(data).n_users < 943
+
+
+def test_tasks_list_and_validate(tmp_path, capsys):
+    from tests.conftest import FIXTURES
+
+    assert main(["tasks", "list", "--task-dir", str(FIXTURES / "tasks")]) == 0
+    out = capsys.readouterr().out
+    assert "| I0 | 1 | sequential | I0 | rank |" in out and "| SeqShort | 1 | sequential | I0 | rank |" in out
+    assert "| I3 | 1 | item_search | - | task |" in out
+    assert main(["tasks", "validate", str(FIXTURES / "tasks")]) == 0
+    assert "ok  seq_short.yaml: SeqShort (rule I0, builder sequential)" in capsys.readouterr().out
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "t.yaml").write_text((FIXTURES / "tasks" / "seq_short.yaml").read_text().replace("template: i0_sequential",
+                                                                                            "template: i0_sequentail"))
+    assert main(["tasks", "validate", str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert "t.yaml: key 'template': template 'i0_sequentail.jinja' not found (did you mean 'i0_sequential.jinja'?)" in err
