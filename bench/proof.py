@@ -117,11 +117,18 @@ def main() -> None:
                                                              and x["protocol"]["name"] != "reclm-gen")["exact"],
                                             "reclm-gen": m["exact"]} for m in strict}
         shutil.rmtree(out / "protocols" / "plots", ignore_errors=True)
-    if (run / "report" / "report.md").is_file():
-        shutil.copy(run / "report" / "report.md", out / "report.md")
-    for png in (run / "report" / "plots").glob("*.png"):
-        (out / "plots").mkdir(exist_ok=True)
-        shutil.copy(png, out / "plots" / png.name)
+    # the pipeline's report, rendered again from its stage outputs with this checkout's renderer
+    from recalign.eval.report import write_report
+
+    runs = [json.loads((run / n / "metrics.json").read_text()) for n, _ in stage_times(run)
+            if n.startswith("eval-") and (run / n / "metrics.json").is_file()]
+    curves, validation = {}, {}
+    for method in recipe.get("rl") or {}:
+        card = run / method / "card.json"
+        if card.is_file():
+            c = json.loads(card.read_text())
+            curves[method], validation[method] = c.get("log_history", []), c.get("validation")
+    write_report(out, runs, curves=curves, validation=validation)
     (out / "summary.json").write_text(json.dumps(summary, indent=1, default=str) + "\n")
     (out / "headline.md").write_text(headline(summary["evals"]))
     print(headline(summary["evals"]))

@@ -321,7 +321,8 @@ def _validation_section(validation: dict[str, dict]) -> list[str]:
         return []
     lines = ["", "## RL checkpoint selection (validation)", "",
              "Greedy answers on the same validation rows before RL (step 0 = the SFT model) and at every "
-             "checkpoint, scored with the list reward; the stage keeps the best.", "",
+             "checkpoint, scored with the list reward; the stage keeps the best. \"beats SFT\": the paired "
+             "interval of best − SFT lies above 0 and p < 0.05.", "",
              "| method | rows | list reward per step | best step | best − SFT [95% CI] | p | beats SFT |",
              "|---|---|---|---|---|---|---|"]
     for m, v in rows.items():
@@ -329,7 +330,8 @@ def _validation_section(validation: dict[str, dict]) -> list[str]:
         c = v.get("best_vs_sft")
         diff = f"{c['diff']:+.3f} [{c['lo']:+.3f}, {c['hi']:+.3f}]" if c else "–"
         p = f"{c['p']:.3g}" if c else "–"
-        beats = {True: "yes", False: "no"}.get(v.get("beats_sft"), "–")
+        won = v.get("beats_sft") if not c else bool(c["lo"] > 0 and c["p"] < 0.05)
+        beats = {True: "yes", False: "no"}.get(won, "–")
         if v.get("best_step") == 0:
             beats = "no: no RL checkpoint scored above the SFT model"
         lines.append(f"| {m} | {v['rows']} | {curve} | {v.get('best_step')} | {diff} | {p} | {beats} |")

@@ -778,7 +778,7 @@ class RecPPOTrainer:
         if best and first["step"] == 0 and best is not first:
             c = paired(first["per_row"], best["per_row"], binary=False)
             out["best_vs_sft"] = {k: c[k] for k in ("n", "diff", "lo", "hi", "p")}
-            out["beats_sft"] = bool(c["lo"] > 0)
+            out["beats_sft"] = bool(c["lo"] > 0 and c["p"] < 0.05)   # interval above 0 and p < 0.05
         elif best is first:
             out["beats_sft"] = False            # no RL checkpoint scored above the SFT model
         return out
