@@ -111,10 +111,13 @@ def main() -> None:
                 for proto in ("recalign", "reclm-gen"):
                     d = run / name if proto == "recalign" else rescore(run, name, recipe, proto)
                     pairs.append(json.loads((d / "metrics.json").read_text()))
-        strict = [m for m in pairs if m["protocol"]["name"] == "reclm-gen"]
+        from recalign.rewards.protocol import protocol_of
+
+        strict = [m for m in pairs if protocol_of(m)["name"] == "reclm-gen"]
+        (out / "protocols").mkdir(parents=True, exist_ok=True)
         write_report(out / "protocols", strict)
         summary["protocols"] = {m["name"]: {"recalign": next(x for x in pairs if x["name"] == m["name"]
-                                                             and x["protocol"]["name"] != "reclm-gen")["exact"],
+                                                             and protocol_of(x)["name"] != "reclm-gen")["exact"],
                                             "reclm-gen": m["exact"]} for m in strict}
         shutil.rmtree(out / "protocols" / "plots", ignore_errors=True)
     # the pipeline's report, rendered again from its stage outputs with this checkout's renderer
