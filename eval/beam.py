@@ -25,13 +25,12 @@ from .grounded import TitleTrie
 
 
 class TitleBeamProcessor:
-    """A transformers logits processor for beam search: each beam may only extend a live
-    title path (its row's history switched off), or end a complete title with ``end_id``."""
+    """Per-row trie state of a beam search: each row's live titles (its history switched
+    off); a beam may only extend a live title path, or end a complete title with ``end_id``."""
 
-    def __init__(self, trie: TitleTrie, histories: Sequence[Sequence[int]], num_beams: int, end_id: int):
-        self.trie, self.num_beams, self.end_id = trie, num_beams, end_id
+    def __init__(self, trie: TitleTrie, histories: Sequence[Sequence[int]], end_id: int):
+        self.trie, self.end_id = trie, end_id
         self.counts = [trie.fresh_counts(h) for h in histories]
-        self._prompt_len: int | None = None
 
     def node(self, tokens: Sequence[int]) -> int | None:
         """Trie node reached by ``tokens`` (None: off the trie)."""
@@ -44,30 +43,7 @@ class TitleBeamProcessor:
 
     def live_item(self, row: int, node: int) -> int:
         """The title ending at ``node`` if it is allowed for ``row`` (else 0)."""
-        item = self.trie.terminal[node]
-        if not item:
-            return 0
-        c = self.counts[row]
-        below = sum(int(c[ch]) for ch in self.trie.children[node].values())
-        return item if int(c[node]) > below else 0
-
-    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
-        if self._prompt_len is None:
-            self._prompt_len = input_ids.shape[1]
-        gen = input_ids[:, self._prompt_len:].tolist()
-        mask = torch.ones_like(scores, dtype=torch.bool)
-        for b, tokens in enumerate(gen):
-            row = b // self.num_beams
-            node = self.node(tokens)
-            if node is None:                       # cannot happen under this mask; end the beam
-                mask[b, self.end_id] = False
-                continue
-            c = self.counts[row]
-            allowed = [t for t, ch in self.trie.children[node].items() if c[ch] > 0]
-            if self.live_item(row, node):
-                allowed.append(self.end_id)
-            mask[b, allowed or [self.end_id]] = False
-        return scores.masked_fill(mask, float("-inf"))
+        return self.trie.live_item(self.counts[row], node)
 
 
 def _search(model, enc, proc: TitleBeamProcessor, ks: list[int], width: int, depth: int,
@@ -155,7 +131,7 @@ def beam_lists(model, tok, chat_texts: Sequence[str], trie: TitleTrie, histories
         for s in tqdm(starts, desc="beam search", disable=not progress or len(starts) < 2, mininterval=2.0):
             texts = [t + "1." for t in chat_texts[s:s + batch_size]]
             k = [int(x) for x in ks[s:s + batch_size]]
-            proc = TitleBeamProcessor(trie, histories[s:s + batch_size], 1, end_id)
+            proc = TitleBeamProcessor(trie, histories[s:s + batch_size], end_id)
             enc = tok(texts, return_tensors="pt", padding=True, add_special_tokens=False)
             for items in _search(model, enc, proc, k, max(width, max(k)), depth, length_penalty):
                 out.append("\n".join(f"{j}. {trie.titles[it - 1]}" for j, it in enumerate(items, 1)))

@@ -60,6 +60,15 @@ class TitleTrie:
             self.disable(c, int(item))
         return c
 
+    def live_item(self, counts: np.ndarray, node: int) -> int:
+        """The title ending at ``node`` if ``counts`` still allows it (else 0). A terminal node's
+        count includes its own title and the subtree below: compare with its children's."""
+        item = self.terminal[node]
+        if not item:
+            return 0
+        below = sum(int(counts[c]) for c in self.children[node].values())
+        return item if int(counts[node]) > below else 0
+
     def disable(self, counts: np.ndarray, item: int) -> None:
         if 0 < item < len(self.paths):
             path = self.paths[item]
@@ -150,10 +159,7 @@ class GroundedLogitsProcessor:
         return None
 
     def _title_live(self, r: _Row, item: int) -> bool:
-        # A terminal node's own title is live unless it was disabled: its count includes it
-        # and the subtree below; compare with the live titles in the children.
-        below = sum(int(r.counts[c]) for c in self.trie.children[self.trie.paths[item][-1]].values())
-        return int(r.counts[self.trie.paths[item][-1]]) > below
+        return self.trie.live_item(r.counts, self.trie.paths[item][-1]) == item
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
         if self._prompt_len is None:

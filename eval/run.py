@@ -67,13 +67,22 @@ def _limits(limit, wanted: list[str], known: set[str]) -> dict[str, int | None]:
     return {t: limit.get(t, limit.get("default")) for t in wanted}
 
 
-def load_rows(data: str | Path, split: str, tasks: str, limit: int | dict | None) -> list[dict]:
-    from recalign.tasks.spec import load_specs, resolve_tasks, specs_from_card
+def task_specs(data: str | Path) -> dict:
+    """The built-in task specs, updated with the ones the data was built with (its card:
+    a user's own tasks included)."""
+    from recalign.tasks.spec import load_specs, specs_from_card
 
     specs = load_specs()
     card = Path(data) / "card.json"
-    if card.is_file():              # the tasks the data was built with, a user's own included
+    if card.is_file():
         specs.update(specs_from_card(json.loads(card.read_text())))
+    return specs
+
+
+def load_rows(data: str | Path, split: str, tasks: str, limit: int | dict | None) -> list[dict]:
+    from recalign.tasks.spec import resolve_tasks
+
+    specs = task_specs(data)
     wanted = [s.task for s in resolve_tasks(tasks, specs)]
     lim = _limits(limit, wanted, set(specs))
     path = Path(data) / f"{split}.jsonl"
@@ -188,8 +197,7 @@ def intervals_and_rows(rows: list[dict], samples: list[dict]) -> tuple[dict, lis
 
 
 def run_eval(cfg: EvalConfig, overwrite: bool = False) -> Path:
-    inputs = [cfg.data, cfg.adapter, cfg.rescore, cfg.teacher]
-    check_out(cfg.out, overwrite, inputs)        # before generation, not after it
+    check_out(cfg.out, overwrite, _inputs(cfg))        # before generation, not after it
     rows = load_rows(cfg.data, cfg.split, cfg.tasks, cfg.limit)
     card = json.loads((Path(cfg.data) / "card.json").read_text()) if (Path(cfg.data) / "card.json").is_file() else {}
     made_at = card.get("made_at") or {}
@@ -273,7 +281,7 @@ def _score_and_write(cfg: EvalConfig, rows, answers, ds, card, proto, overwrite,
         "by_history_length": _hr_by_history(rows, res["samples_exact"]),
         **(extra or {}),
     }
-    with atomic_dir(cfg.out, overwrite=overwrite, inputs=[cfg.data, cfg.adapter, cfg.rescore, cfg.teacher]) as tmp:
+    with atomic_dir(cfg.out, overwrite=overwrite, inputs=_inputs(cfg)) as tmp:
         with open(tmp / "generations.jsonl", "w", encoding="utf-8") as f:
             samples = iter(res["samples_exact"])
             for r, a in zip(rows, answers):
@@ -293,12 +301,7 @@ def _score_and_write(cfg: EvalConfig, rows, answers, ds, card, proto, overwrite,
 
 def _keep_task_metrics(res: dict, data: str | Path) -> None:
     """Each task's table holds the metrics its task file lists (``metrics:``); "all" keeps every one."""
-    from recalign.tasks.spec import load_specs, specs_from_card
-
-    specs = load_specs()
-    card = Path(data) / "card.json"
-    if card.is_file():
-        specs.update(specs_from_card(json.loads(card.read_text())))
+    specs = task_specs(data)
     for mode in ("exact", "fuzzy"):
         for task, agg in res.get(mode, {}).items():
             spec = specs.get(task)
@@ -328,6 +331,11 @@ def _rescore(cfg: EvalConfig, rows, ds, card, proto, overwrite) -> Path:
                             name=cfg.name or old.get("name"), backend=old.get("backend"),
                             gen_s=old.get("generation_seconds") or 0.0, retention=old.get("retention") or {},
                             extra={**extra, "rescored_from": str(src)})
+
+
+def _inputs(cfg: EvalConfig) -> list:
+    """What ``--overwrite`` must never delete."""
+    return [cfg.data, cfg.adapter, cfg.rescore, cfg.teacher]
 
 
 def _rows_hash(rows: list[dict]) -> str:
