@@ -73,6 +73,7 @@ def headline(evals: dict[str, dict]) -> str:
     for key, label in (("teacher", "SASRec teacher"), ("popularity", "most popular")):
         t = (ref or {}).get(key)
         if t:
+            label = t.get("name", label) if key == "teacher" else label
             ci = t.get("intervals", {})
             lines.append(f"| {label} | ranking | {t['HR']:.3f} [{ci['HR'][0]:.3f}, {ci['HR'][1]:.3f}] | "
                          f"{t['NDCG']:.3f} [{ci['NDCG'][0]:.3f}, {ci['NDCG'][1]:.3f}] | – | – | – | – |")

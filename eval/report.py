@@ -51,7 +51,8 @@ def _references(runs: list[dict]) -> list[tuple[str, dict]]:
     for key, label in REFERENCES:
         block = next((r[key] for r in runs if r.get(key)), None)
         if block:
-            out.append((label, block))
+            # the teacher's row says which teacher it is (id, content or hybrid)
+            out.append((block.get("name", label) if key == "teacher" else label, block))
     return out
 
 
@@ -120,7 +121,7 @@ def comparison_pairs(runs: list[dict]) -> list[tuple[dict, dict]]:
 def compare_runs(a: dict, b: dict) -> list[dict]:
     """Paired differences ``b − a`` on the rows both runs scored; refuses runs on other rows
     or protocols (ValueError naming both)."""
-    from .stats import paired
+    from recalign.data.stats import paired
 
     if a.get("rows_sha256") and b.get("rows_sha256") and a["rows_sha256"] != b["rows_sha256"]:
         raise ValueError(f"cannot compare {a['name']} and {b['name']}: they were evaluated on different test rows")
@@ -146,7 +147,7 @@ def compare_runs(a: dict, b: dict) -> list[dict]:
 
 def _teacher_comparisons(runs: list[dict]) -> list[tuple[str, str, dict]]:
     """(model, reference, paired comparison) of each run's I0 HR/NDCG against each baseline."""
-    from .stats import paired
+    from recalign.data.stats import paired
 
     out = []
     for ref, t in _references(runs):
@@ -167,7 +168,7 @@ def _teacher_comparisons(runs: list[dict]) -> list[tuple[str, str, dict]]:
 
 
 def _comparison_section(runs: list[dict]) -> list[str]:
-    from .stats import verdict
+    from recalign.data.stats import verdict
 
     if not any(r.get("per_row") for r in runs):
         return []
@@ -358,7 +359,7 @@ def write_report(out: str | Path, runs: list[dict], curves: dict[str, list[dict]
     lines += ["", "## Recommendation metrics (fuzzy matching, Levenshtein ≤ 3)", ""] + _table(runs, "fuzzy")
     lines += ["", "Percentages: share of samples (CPA, CorrectCount) or of the K list slots (TCP and the "
                   "formatting errors). HR/NDCG use the target of the leave-one-out split; the reference rows "
-                  "rank the same 10-item prompt windows with history items masked (teacher: SASRec; most "
+                  "rank the same 10-item prompt windows with history items masked (teacher: the run's, named in its row; most "
                   "popular: training-interaction counts). Decoding: free; grounded = greedy through the title "
                   "trie; beam = grounded beam search over titles (D3 scoring)."]
     judged = [r for r in runs if r.get("judge")]

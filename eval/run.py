@@ -127,7 +127,7 @@ def decoding(cfg: EvalConfig) -> str:
 
 
 def _reference(name: str, i0: list[dict], top: list, **extra) -> dict:
-    from .stats import bootstrap_ci
+    from recalign.data.stats import bootstrap_ci
 
     from recalign.teacher.metrics import position_scores
 
@@ -147,8 +147,12 @@ def teacher_on_rows(teacher_dir: str | Path, ds: RecDataset, rows: list[dict], k
     i0 = [r for r in rows if row_rule(r) == "I0"]
     if not i0:
         return None
+    from recalign.teacher.config import TEACHER_LABELS
+
     t = Teacher.load(teacher_dir, data=ds)
-    return _reference("SASRec teacher", i0, t.topk([r["history"] for r in i0], k=k), teacher=str(teacher_dir))
+    rep = t.model.cfg.item_repr
+    return _reference(TEACHER_LABELS[rep], i0, t.topk([r["history"] for r in i0], k=k), teacher=str(teacher_dir),
+                      item_repr=rep)
 
 
 def popularity_on_rows(ds: RecDataset, rows: list[dict], k: int = 10) -> dict | None:
@@ -176,8 +180,8 @@ def row_key(row: dict) -> str:
 
 def intervals_and_rows(rows: list[dict], samples: list[dict]) -> tuple[dict, list[dict]]:
     """Per task (and "all"): a 95% bootstrap interval of each metric; per row: the values
-    the paired comparisons need (see :mod:`recalign.eval.stats`)."""
-    from .stats import bootstrap_ci
+    the paired comparisons need (see :mod:`recalign.data.stats`)."""
+    from recalign.data.stats import bootstrap_ci
 
     scored = [r for r in rows if row_rule(r)]
     per_row = []

@@ -44,7 +44,12 @@ def _dataclass_from(cls, args: argparse.Namespace, config: str | None = None, **
         if v is not None:
             values[f.name] = v
     values.update(fixed)
-    return cls(**values)
+    try:
+        return cls(**values)
+    except ValueError as e:      # the config's own checks: one line, not a traceback
+        from recalign.data.util import DataError
+
+        raise DataError(f"{config + ': ' if config else ''}{e}") from None
 
 
 # ----------------------------------------------------------------------------- handlers
@@ -191,11 +196,33 @@ def cmd_teacher_train(args) -> int:
     cfg = _dataclass_from(TeacherTrainConfig, args, args.config)
     ds = RecDataset.load(args.data)
     check_out(args.out, args.overwrite, [args.data])     # before minutes of training
-    print(f"training SASRec teacher on {args.data}: {ds.n_users} users, {ds.n_items} items", file=sys.stderr)
+    print(f"training the {cfg.item_repr} teacher on {args.data}: {ds.n_users} users, {ds.n_items} items",
+          file=sys.stderr)
     model, metrics = train_teacher(ds, cfg, log=lambda s: print(s, file=sys.stderr))
     save_teacher(args.out, model, metrics, cfg, ds, overwrite=args.overwrite)
     print(f"wrote {args.out} (best epoch {metrics['best_epoch']}, {metrics['train_time_s']} s)")
     print(summary_table(metrics))
+    return 0
+
+
+def cmd_teacher_coldstart(args) -> int:
+    from recalign.data import DataError, RecDataset
+    from recalign.data.util import check_out
+    from recalign.teacher.coldstart import report_md, run_coldstart, write_coldstart
+    from recalign.teacher.config import ITEM_REPRS, TeacherTrainConfig
+
+    variants = [v.strip() for v in args.variants.split(",") if v.strip()]
+    bad = [v for v in variants if v not in ITEM_REPRS]
+    if bad or not variants:
+        raise DataError(f"--variants {args.variants}: choose from {', '.join(ITEM_REPRS)} (comma-separated)")
+    cfg = _dataclass_from(TeacherTrainConfig, args, args.config)
+    ds = RecDataset.load(args.data)
+    check_out(args.out, args.overwrite, [args.data])
+    res = run_coldstart(ds, cfg, variants, frac=args.new_items, max_rows=args.max_rows,
+                        log=lambda s: print(s, file=sys.stderr), loss=args.loss or "auto")
+    write_coldstart(args.out, res, cfg, ds, overwrite=args.overwrite)
+    print(report_md(res))
+    print(f"wrote {args.out} (report.md, metrics.json, buckets.png)")
     return 0
 
 
@@ -370,6 +397,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     _add_dataclass_args(tt, TeacherTrainConfig)
     tt.set_defaults(func=cmd_teacher_train)
+    tc = tsub.add_parser("coldstart", help="id vs content vs hybrid teachers on popularity buckets and "
+                                           "a new-item split (held-out items never seen in training)")
+    tc.add_argument("--data", required=True, help="dataset directory from `recalign data prepare`")
+    tc.add_argument("--out", required=True, help="directory for report.md, metrics.json, buckets.png")
+    tc.add_argument("--variants", default="id,content,hybrid", help="item representations to compare")
+    tc.add_argument("--new-items", type=float, default=0.1, help="share of items held out of training")
+    tc.add_argument("--max-rows", type=int, default=5000, help="cap on new-item rows (a seeded sample)")
+    tc.add_argument("--config", help="YAML file with TeacherTrainConfig fields (flags override it)")
+    tc.add_argument("--overwrite", action="store_true")
+    _add_dataclass_args(tc, TeacherTrainConfig, skip=("item_repr",))
+    tc.set_defaults(func=cmd_teacher_coldstart)
     te = tsub.add_parser("eval", help="full-ranking HR/NDCG/MRR of a trained teacher")
     te.add_argument("--teacher", required=True)
     te.add_argument("--data", required=True)

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from recalign.data import RecDataset
+from recalign.data import DataError, RecDataset
 from recalign.data.util import atomic_dir, card_relative, provenance, write_json
 
 from .config import TeacherTrainConfig
@@ -64,15 +64,24 @@ def _batch(windows: list[tuple[np.ndarray, int]], max_len: int) -> tuple[torch.T
 
 
 def _loss(model: SASRec, x: torch.Tensor, y: torch.Tensor, kind: str, n_items: int,
-          gen: torch.Generator) -> torch.Tensor:
+          gen: torch.Generator, log_q: torch.Tensor | None = None) -> torch.Tensor:
     h = model(x)
     keep = y > 0
     h, y = h[keep], y[keep]
     if kind == "ce":
         return F.cross_entropy(model.item_logits(h), y)
+    if kind == "infonce":
+        # in-batch negatives: every target of the batch is a candidate for every position
+        # (deduplicated, so a repeated item is never its own negative)
+        cand, label = torch.unique(y, return_inverse=True)
+        logits = model.item_logits(h, cand)
+        if log_q is not None:
+            logits = logits - log_q[cand]
+        return F.cross_entropy(logits, label)
     neg = torch.randint(1, n_items + 1, y.shape, generator=gen)
-    pos_s = (h * model.item_emb(y)).sum(-1)
-    neg_s = (h * model.item_emb(neg)).sum(-1)
+    u = model.user_vectors(h)
+    pos_s = (u * model.output_vectors(y)).sum(-1)
+    neg_s = (u * model.output_vectors(neg)).sum(-1)
     return F.binary_cross_entropy_with_logits(torch.cat([pos_s, neg_s]),
                                               torch.cat([torch.ones_like(pos_s), torch.zeros_like(neg_s)]))
 
@@ -121,7 +130,63 @@ def evaluate(model: SASRec, ds: RecDataset, split: str, mask_history: bool, ks=(
     return rank_metrics(full_ranks(model, hist, targets, mask_history), ks)
 
 
-def train_teacher(ds: RecDataset, cfg: TeacherTrainConfig, log=print) -> tuple[SASRec, dict]:
+def build_model(ds: RecDataset, cfg: TeacherTrainConfig, content: np.ndarray | None = None,
+                log=print) -> tuple[SASRec, dict | None]:
+    """An untrained teacher of ``cfg.item_repr`` with its frozen content embeddings in place.
+
+    ``content``: a precomputed ``[N+1, d]`` matrix (tests, benchmarks); otherwise the items'
+    texts are encoded by ``cfg.content_model`` (cached, :mod:`.content`). Returns the model and
+    the content card (None for ``id``).
+    """
+    from .content import item_content, standardize
+
+    info = None
+    dim = 0
+    if cfg.item_repr != "id":
+        if content is None:
+            content, info = item_content(ds, cfg.content_model, cfg.content_template,
+                                         max_length=cfg.content_max_length, log=log)
+        else:
+            info = {"model": "given", "items_without_text": int((np.abs(content[1:]).sum(1) == 0).sum())}
+        if content.shape[0] != ds.n_items + 1:
+            raise DataError(f"content embeddings have {content.shape[0]} rows for {ds.n_items} items (+ padding)")
+        no_text = np.abs(content).sum(1) == 0
+        no_text[0] = False
+        info["items_without_text"] = int(no_text.sum())
+        if cfg.item_repr == "content" and no_text.any():
+            raise DataError(
+                f"{ds.path or 'dataset'}: {int(no_text.sum())} of {ds.n_items} items have no text to encode "
+                f"(e.g. item_idx {', '.join(map(str, np.flatnonzero(no_text)[:5]))}); item_repr 'content' "
+                "scores items by their text alone. Use --item-repr hybrid (those items keep their id "
+                "embedding), or give them titles/categories and --content-template that renders them")
+        dim = int(content.shape[1])
+    model = SASRec(SASRecConfig(ds.n_items, cfg.hidden, cfg.layers, cfg.heads, cfg.inner, cfg.dropout, cfg.max_len,
+                                item_repr=cfg.item_repr, content_dim=dim, temperature=cfg.temperature,
+                                id_dropout=cfg.id_dropout if cfg.item_repr == "hybrid" else 0.0))
+    if cfg.item_repr != "id":
+        with torch.no_grad():
+            model.content.copy_(torch.from_numpy(standardize(content)))
+    if cfg.item_repr == "hybrid":
+        counts = train_counts(ds)
+        keep = np.ones(ds.n_items + 1, dtype=np.float32)
+        if cfg.drop_unseen_id:
+            keep = ((counts > 0) | no_text).astype(np.float32)   # no text: the id part is all there is
+            info["ids_dropped"] = int(ds.n_items - keep[1:].sum())
+        keep[0] = 0.0
+        with torch.no_grad():
+            model.id_mask.copy_(torch.from_numpy(keep))
+    return model, info
+
+
+def train_counts(ds: RecDataset) -> np.ndarray:
+    """Training interactions per item index (``[N+1]``, padding 0)."""
+    seqs = ds.train_sequences()
+    flat = np.concatenate(seqs) if seqs else np.zeros(0, dtype=np.int64)
+    return np.bincount(flat, minlength=ds.n_items + 1)[:ds.n_items + 1]
+
+
+def train_teacher(ds: RecDataset, cfg: TeacherTrainConfig, log=print,
+                  content: np.ndarray | None = None) -> tuple[SASRec, dict]:
     """Train with early stopping; returns the best model and a metrics dict.
 
     >>> model, metrics = train_teacher(RecDataset.load("runs/ml100k"), TeacherTrainConfig())  # doctest: +SKIP
@@ -132,9 +197,15 @@ def train_teacher(ds: RecDataset, cfg: TeacherTrainConfig, log=print) -> tuple[S
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)
-    model = SASRec(SASRecConfig(ds.n_items, cfg.hidden, cfg.layers, cfg.heads, cfg.inner, cfg.dropout, cfg.max_len))
+    model, content_info = build_model(ds, cfg, content, log=log)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     train = ds.train_sequences()
+    log_q = None
+    if cfg.loss == "infonce" and cfg.logq:
+        # targets of training positions: every item of a sequence but its first
+        targets = np.bincount(np.concatenate([s[1:] for s in train] or [np.zeros(0, np.int64)]),
+                              minlength=ds.n_items + 1)[:ds.n_items + 1]
+        log_q = torch.log(torch.from_numpy((targets + 1) / (targets + 1).sum()).float())
     best, best_state, best_epoch, bad = -1.0, None, 0, 0
     history = []
     t0 = time.perf_counter()
@@ -147,7 +218,7 @@ def train_teacher(ds: RecDataset, cfg: TeacherTrainConfig, log=print) -> tuple[S
         for i in tqdm(range(0, len(order), cfg.batch_size), desc=f"teacher epoch {epoch}",
                       leave=False, mininterval=2.0):
             x, y = _batch([wins[j] for j in order[i:i + cfg.batch_size]], cfg.max_len)
-            loss = _loss(model, x, y, cfg.loss, ds.n_items, gen)
+            loss = _loss(model, x, y, cfg.loss, ds.n_items, gen, log_q)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -173,18 +244,25 @@ def train_teacher(ds: RecDataset, cfg: TeacherTrainConfig, log=print) -> tuple[S
     if best_state is not None:
         model.load_state_dict(best_state)
     model.eval()
+    test_ranks = full_ranks(model, *ds.split_examples("test"), mask_history=True)
+    from .coldstart import bucket_metrics
+
     metrics = {
+        "item_repr": cfg.item_repr,
+        "content": content_info,
         "best_epoch": best_epoch,
         "epochs_run": len(history),
         "train_time_s": round(time.perf_counter() - t0, 2),
         "time_to_best_s": round(time_to_best, 2),
         "valid": {"masked" if cfg.mask_history else "unmasked": {"NDCG@10": best}},
         "test": {
-            "masked": evaluate(model, ds, "test", True),
+            "masked": rank_metrics(test_ranks),
             "unmasked": evaluate(model, ds, "test", False),
         },
         # the teacher as labels and rewards use it: the prompt's window of the last 10 items
         "test_window10": {"masked": evaluate(model, ds, "test", True, window=10)},
+        # cold start: the test split by how often the target was seen in training
+        "test_buckets": {"masked": bucket_metrics(test_ranks, ds.split_examples("test")[1], train_counts(ds))},
         "popularity_test": {
             "masked": rank_metrics(popularity_ranks(ds, "test", True)),
             "unmasked": rank_metrics(popularity_ranks(ds, "test", False)),
@@ -217,9 +295,17 @@ def save_teacher(out: str | Path, model: SASRec, metrics: dict, cfg: TeacherTrai
 
 def summary_table(metrics: dict) -> str:
     """A few lines a person reads after training."""
-    lines = [f"{'':22s} {'HR@10':>8s} {'NDCG@10':>8s} {'MRR@10':>8s}"]
-    for name, block in (("SASRec", metrics["test"]), ("Popularity", metrics["popularity_test"])):
+    from .coldstart import VARIANT_NAMES
+
+    name = VARIANT_NAMES.get(metrics.get("item_repr", "id"), "SASRec")
+    lines = [f"{'':36s} {'HR@10':>8s} {'NDCG@10':>8s} {'MRR@10':>8s}"]
+    for label, block in ((name, metrics["test"]), ("Popularity", metrics["popularity_test"])):
         for conv in ("masked", "unmasked"):
             m = block[conv]
-            lines.append(f"{name + ' (' + conv + ')':22s} {m['HR@10']:8.4f} {m['NDCG@10']:8.4f} {m['MRR@10']:8.4f}")
+            lines.append(f"{label + ' (' + conv + ')':36s} {m['HR@10']:8.4f} {m['NDCG@10']:8.4f} {m['MRR@10']:8.4f}")
+    buckets = (metrics.get("test_buckets") or {}).get("masked")
+    if buckets:
+        lines.append("by the target's training interactions (masked): " + ", ".join(
+            f"{b} HR@10 {r['HR@10']['mean']:.4f} (n {r['n']})" for b, r in buckets.items()
+            if b != "all" and r["n"]))
     return "\n".join(lines)

@@ -768,7 +768,7 @@ class RecPPOTrainer:
         paired over the same rows."""
         if not self.validation:
             return None
-        from recalign.eval.stats import paired
+        from recalign.data.stats import paired
 
         first = self.validation[0]
         best = next((v for v in self.validation if v["step"] == best_step), None) if best_step is not None else \

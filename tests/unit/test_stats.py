@@ -4,7 +4,7 @@ import math
 import numpy as np
 import pytest
 
-from recalign.eval.stats import bootstrap_ci, mcnemar_exact, paired, verdict
+from recalign.data.stats import bootstrap_ci, mcnemar_exact, paired, verdict
 
 
 def test_identical_inputs_give_p_1_and_an_interval_holding_0():
