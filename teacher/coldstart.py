@@ -47,13 +47,7 @@ def bucket_of(counts: np.ndarray, targets: np.ndarray) -> np.ndarray:
 
 def bucket_metrics(ranks: np.ndarray, targets: np.ndarray, counts: np.ndarray, k: int = K) -> dict:
     """``{bucket: {"n", "HR@k": {mean, lo, hi, n}, "NDCG@k": {...}}}`` plus ``"all"``."""
-    rows = per_row(ranks, k)
-    labels = bucket_of(counts, targets)
-    out = {}
-    for name in [b[2] for b in BUCKETS] + ["all"]:
-        sel = np.ones(len(labels), bool) if name == "all" else labels == name
-        out[name] = {"n": int(sel.sum()), **{m: bootstrap_ci(v[sel]) for m, v in rows.items()}}
-    return out
+    return _bucket_rows(per_row(ranks, k), targets, counts)
 
 
 @dataclass
@@ -121,8 +115,15 @@ def run_coldstart(ds: RecDataset, cfg, variants=("id", "content", "hybrid"), fra
         "held_out_in_training": int(np.isin(np.concatenate(split.train.sequences), split.held).sum()),
     }, "variants": {}}
     per_variant_rows = {}
-    for v in ["popularity", *variants]:
+    for v in ["random", "popularity", *variants]:
         t0 = time.perf_counter()
+        if v == "random":
+            rows_w, rows_n = _random_rows(ds.n_items, warm_hist, warm_tgt), _random_rows(ds.n_items, hist, tgt)
+            per_variant_rows[v] = (rows_w, rows_n)
+            out["variants"][v] = {"name": "random (expected)",
+                                  "warm_buckets": _bucket_rows(rows_w, warm_tgt, counts),
+                                  "new_items": {m: bootstrap_ci(x) for m, x in rows_n.items()}, "seconds": 0.0}
+            continue
         if v == "popularity":
             ranks_w = _pop_ranks(pop, warm_hist, warm_tgt)
             ranks_n = _pop_ranks(pop, hist, tgt)
@@ -156,6 +157,24 @@ def run_coldstart(ds: RecDataset, cfg, variants=("id", "content", "hybrid"), fra
                 c[b] = {m: paired(w0[m][sel], w[m][sel]) for m in w}
             comp[v] = c
         out["vs_id"] = comp
+    return out
+
+
+def _random_rows(n_items: int, hist, tgt, k: int = K) -> dict[str, np.ndarray]:
+    """Per row, the expected HR@k / NDCG@k of a uniformly random order of the row's
+    candidates (the catalog minus the masked history): the floor a teacher must clear."""
+    disc = np.cumsum(1.0 / np.log2(np.arange(k) + 2))
+    m = np.array([n_items - len(set(map(int, h)) - {int(t)}) for h, t in zip(hist, tgt)], dtype=np.float64)
+    kk = np.minimum(k, m).astype(int)
+    return {f"HR@{k}": kk / m, f"NDCG@{k}": disc[kk - 1] / m}
+
+
+def _bucket_rows(rows: dict[str, np.ndarray], targets, counts) -> dict:
+    labels = bucket_of(counts, targets)
+    out = {}
+    for name in [b[2] for b in BUCKETS] + ["all"]:
+        sel = np.ones(len(labels), bool) if name == "all" else labels == name
+        out[name] = {"n": int(sel.sum()), **{m: bootstrap_ci(v[sel]) for m, v in rows.items()}}
     return out
 
 
@@ -215,7 +234,7 @@ def report_md(res: dict) -> str:
     lines += ["## Training", "", "| teacher | loss | best epoch | train time (s) | items without text |",
               "|---|---|---|---|---|"]
     for v, r in res["variants"].items():
-        if v == "popularity":
+        if v in ("popularity", "random"):
             continue
         lines.append(f"| {r['name']} | {r.get('loss')} | {r.get('best_epoch')} | {r.get('train_time_s')} | "
                      f"{(r.get('content') or {}).get('items_without_text', '–')} |")

@@ -63,6 +63,8 @@ class SASRec(nn.Module):
             self.content_proj = nn.Linear(cfg.content_dim, cfg.hidden, bias=False)
         if cfg.item_repr == "hybrid":
             self.register_buffer("id_mask", torch.ones(n))
+            # what an item without its id part gets instead (an OOV id, trained by id dropout)
+            self.unk_id = nn.Parameter(torch.zeros(cfg.hidden))
         if cfg.item_repr == "content":
             self.item_tower = nn.Sequential(nn.Linear(cfg.content_dim, cfg.inner), nn.GELU(),
                                             nn.Linear(cfg.inner, cfg.hidden))
@@ -116,7 +118,8 @@ class SASRec(nn.Module):
         if rep == "content":
             return c
         keep = self._id_keep if self.training and hasattr(self, "_id_keep") else self.id_mask
-        return self.item_emb(items) * keep[items, None] + c
+        k = keep[items, None]
+        return self.item_emb(items) * k + self.unk_id * ((1 - k) * (items > 0)[..., None]) + c
 
     def output_vectors(self, items: torch.Tensor | None = None) -> torch.Tensor:
         """The item tower: vectors that score ``items`` (default all, padding included)."""

@@ -91,7 +91,9 @@ def test_content_teacher_ranks_new_items_an_id_teacher_cannot(taste, tmp_path):
     assert "LEARN (content)" in report and "new items" in report and "| n |" in report
     assert (out / "buckets.png").stat().st_size > 1000
     saved = json.loads((out / "metrics.json").read_text())
-    assert set(saved["variants"]) == {"popularity", "id", "content", "hybrid"}
+    assert set(saved["variants"]) == {"random", "popularity", "id", "content", "hybrid"}
+    rnd = saved["variants"]["random"]["new_items"]["HR@10"]["mean"]
+    assert 0 < rnd < 0.2 and new["content"] > 2 * rnd
 
 
 def test_new_item_split_keeps_held_out_items_out_of_training(taste):
@@ -117,7 +119,7 @@ def test_hybrid_with_content_zeroed_ranks_as_the_id_teacher():
     ident = SASRec(cfg).eval()
     hybrid = SASRec(SASRecConfig(**{**cfg.to_dict(), "item_repr": "hybrid", "content_dim": 12})).eval()
     missing = hybrid.load_state_dict(ident.state_dict(), strict=False).missing_keys
-    assert set(missing) == {"content", "content_proj.weight", "id_mask"}
+    assert set(missing) == {"content", "content_proj.weight", "id_mask", "unk_id"}
     with torch.no_grad():
         hybrid.content.zero_()
         hybrid.content_proj.weight.normal_()          # any projection: zero content adds nothing
@@ -226,6 +228,15 @@ def test_item_text_template_errors_name_the_field():
         item_texts(items, "{{ title ")
 
 
+def test_random_reference_is_the_expected_hit_rate():
+    from recalign.teacher.coldstart import _random_rows
+
+    r = _random_rows(20, [np.array([1, 2, 3]), np.array([5])], np.array([4, 5]))
+    # 17 candidates (3 masked), then 20 (the target itself is never masked)
+    assert r["HR@10"].tolist() == pytest.approx([10 / 17, 10 / 20])
+    assert r["NDCG@10"][1] == pytest.approx(sum(1 / np.log2(i + 2) for i in range(10)) / 20)
+
+
 def test_bucket_metrics_by_training_interactions():
     counts = np.array([0, 0, 3, 10, 50])              # items 1..4
     targets = np.array([1, 2, 3, 4, 4])
@@ -235,3 +246,23 @@ def test_bucket_metrics_by_training_interactions():
     assert b["<=5"]["n"] == 2 and b["<=5"]["HR@10"]["mean"] == 0.5
     assert b["6-20"]["NDCG@10"]["mean"] == pytest.approx(1 / np.log2(3))
     assert b[">20"]["HR@10"]["mean"] == 0.5 and b["all"]["n"] == 5
+
+
+def test_eval_reference_row_and_recipe_name_the_teacher_variant(taste, tmp_path):
+    from pathlib import Path
+
+    from recalign.eval.run import teacher_on_rows
+    from recalign.pipeline import load_recipe
+
+    ds, content = taste
+    cfg = small_cfg(item_repr="hybrid", epochs=1)
+    model, m = train_teacher(ds, cfg, log=lambda s: None, content=content)
+    out = save_teacher(tmp_path / "t", model, m, cfg, ds)
+    rows = [{"task": "I0", "rule": "I0", "user_id": str(u), "history": [int(x) for x in s[-4:-1]],
+             "target": int(s[-1])} for u, s in enumerate(ds.sequences[:20])]
+    ref = teacher_on_rows(out, ds, rows)
+    assert ref["name"] == "SASRec id+content teacher (hybrid)" and ref["item_repr"] == "hybrid"
+    recipe = load_recipe(Path(__file__).resolve().parents[2] / "recipes" / "ml100k-smollm2-learn.yaml", "quick")
+    assert recipe["teacher"]["item_repr"] == "hybrid" and recipe["out"] != "runs/ml100k-smollm2"
+    assert recipe["teacher"]["epochs"] == 5                       # the parent's quick profile still applies
+    TeacherTrainConfig(**recipe["teacher"])                        # every key is a teacher option
