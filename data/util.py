@@ -82,6 +82,7 @@ def atomic_dir(final: str | os.PathLike, overwrite: bool = False, inputs=None) -
         raise FileExistsError(f"{final} already exists; pass --overwrite or choose another --out")
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
+    os.chmod(tmp, 0o777 & ~_umask())          # mkdtemp's 0700 would hide results from the group
     try:
         yield tmp
         if final.exists():
@@ -98,6 +99,7 @@ def atomic_write(path: str | os.PathLike, text: str | bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
+        os.chmod(tmp, 0o666 & ~_umask())      # as open() would make it, not mkstemp's 0600
         with os.fdopen(fd, "wb") as f:
             f.write(text if isinstance(text, bytes) else text.encode("utf-8"))
         os.replace(tmp, path)
@@ -105,6 +107,12 @@ def atomic_write(path: str | os.PathLike, text: str | bytes) -> None:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def write_json(path: str | os.PathLike, obj: Any) -> None:
@@ -191,3 +199,39 @@ def suggest(name: str, choices) -> str:
 
     close = difflib.get_close_matches(name, list(choices), n=1, cutoff=0.5)
     return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+# Settings a resumed run may change: how long it trains (continuing a finished run for more
+# steps is what resume is for), where it writes, how it logs and checkpoints; never what or
+# how it learns.
+RESUME_FREE = frozenset({"resume", "output_dir", "logging_dir", "logging_steps", "report_to", "disable_tqdm",
+                         "save_total_limit", "save_steps", "save_strategy", "dataloader_num_workers", "run_name",
+                         "max_steps", "num_train_epochs", "steps"})
+
+
+def check_resume(out: str | os.PathLike, cfg: Any, resuming: bool) -> None:
+    """Refuse to resume a checkpoint made with other settings, then record this run's.
+
+    A resumed run that silently kept the checkpoint's weights while its card recorded new
+    settings is a wrong result with rc 0. ``resuming``: a checkpoint is about to be loaded.
+    """
+    import dataclasses
+
+    out = Path(out)
+    now = json.loads(json.dumps({f.name: getattr(cfg, f.name, None) for f in dataclasses.fields(cfg)},
+                                default=str))
+    stamp = out / "resume_settings.json"
+    if resuming and stamp.is_file():
+        try:
+            before = json.loads(stamp.read_text())
+        except ValueError:
+            before = None
+        if isinstance(before, dict):
+            diff = [k for k in sorted(set(before) | set(now))
+                    if k not in RESUME_FREE and before.get(k) != now.get(k)]
+            if diff:
+                shown = "; ".join(f"{k}: {before.get(k)!r} -> {now.get(k)!r}" for k in diff[:8])
+                raise DataError(f"{out}: --resume with settings that differ from its checkpoint's ({shown}"
+                                f"{'; ...' if len(diff) > 8 else ''}); resume with the same settings, or "
+                                "start fresh without --resume (into another --output_dir to keep this one)")
+    write_json(stamp, now)

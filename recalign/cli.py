@@ -316,6 +316,7 @@ def cmd_rlrf4rec(args) -> int:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="recalign", description=__doc__.split("\n")[0])
     p.add_argument("--version", action="version", version="recalign 0.1.0")
+    p.add_argument("--debug", action="store_true", help="show the traceback of an unexpected error")
     sub = p.add_subparsers(dest="command", required=True)
 
     a = sub.add_parser("assets", help="list or fetch the embedded default assets")
@@ -469,8 +470,22 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args) or 0
     except (DataError, FileExistsError) as e:
+        if args.debug:
+            raise
         print(f"recalign: error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        # outputs are made in temporary folders that are renamed only when complete
+        print("recalign: interrupted; no partial output was left (a pipeline resumes its SFT/RL "
+              "stages from their last checkpoint)", file=sys.stderr)
+        return 130
+    except Exception as e:  # one line, not a library's traceback; --debug shows it
+        if args.debug:
+            raise
+        first = (str(e).strip().splitlines() or [""])[0][:500]
+        print(f"recalign: error: {type(e).__name__}: {first} (run `recalign --debug ...` for the traceback)",
+              file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -83,6 +83,93 @@ def load_recipe(path: str | Path, profile: str | None = None, overrides: dict | 
     return recipe
 
 
+# Keys a section may carry that the pipeline itself consumes (not the stage's dataclass).
+_PIPELINE_KEYS = {"build": {"tasks", "task_dir"}, "eval": {"grounded", "beam", "grounded_tasks"}}
+_BASIC = {"int": (int,), "float": (int, float), "str": (str,), "bool": (bool,), "None": (type(None),),
+          "NoneType": (type(None),), "list": (list, tuple), "tuple": (list, tuple), "dict": (dict,)}
+
+
+def _type_ok(value: Any, annotation: Any) -> bool:
+    """Whether ``value`` fits a field annotation of simple types (``int | None``, ``str``,
+    ``list[str]`` ...); annotations it cannot read (Literal, unions of classes) accept anything."""
+    text = annotation if isinstance(annotation, str) else getattr(annotation, "__name__", None) or str(annotation)
+    text = text.replace("typing.", "").replace("Optional[", "None | ").replace("Union[", "")
+    allowed: tuple = ()
+    for part in text.split("|"):
+        base = part.strip().rstrip("]").split("[")[0].strip()
+        if base not in _BASIC:
+            return True
+        allowed += _BASIC[base]
+    if isinstance(value, bool) and bool not in allowed:
+        return False                       # YAML true is not an int here
+    return isinstance(value, allowed)
+
+
+def _check_section(cls, values: Any, where: str, skip: set = frozenset()) -> None:
+    import dataclasses
+
+    if values is None:
+        return
+    if not isinstance(values, dict):
+        raise DataError(f"recipe {where}: expected a mapping of {cls.__name__} fields, got {values!r}")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    for key, value in values.items():
+        if key in skip:
+            continue
+        if key not in fields:
+            raise DataError(f"recipe {where}.{key}: unknown key{suggest(key, fields)}; {where} takes "
+                            f"{cls.__name__} fields")
+        if value is not None and not _type_ok(value, fields[key].type):
+            raise DataError(f"recipe {where}.{key}: {value!r} does not fit {fields[key].type}")
+
+
+def validate_recipe(r: dict) -> None:
+    """Check every section against its stage's dataclass (names, types, and the torch-free
+    configs' own rules) before any stage runs: a typo fails in a second, not after the
+    teacher has trained."""
+    from recalign.data.prepare import PrepareOptions
+    from recalign.eval.run import EvalConfig
+    from recalign.tasks.builder import BuildConfig
+    from recalign.teacher.config import TeacherTrainConfig
+
+    unknown = sorted(set(r) - KEYS)
+    if unknown:
+        raise DataError(f"recipe: unknown key {unknown[0]!r}{suggest(unknown[0], KEYS)}")
+    for name, cls in (("prepare", PrepareOptions), ("teacher", TeacherTrainConfig), ("build", BuildConfig),
+                      ("eval", EvalConfig)):
+        _check_section(cls, r.get(name), name, _PIPELINE_KEYS.get(name, set()))
+    try:
+        TeacherTrainConfig(**{"seed": r.get("seed", 42), **(r.get("teacher") or {})})
+    except ValueError as e:
+        raise DataError(f"recipe teacher: {e}") from None
+    ev = r.get("eval") or {}
+    grounded = ev.get("grounded", [False])
+    bad = [g for g in (grounded if isinstance(grounded, list) else [grounded]) if g not in (False, True, "beam")]
+    if bad:
+        raise DataError(f"recipe eval.grounded: {bad[0]!r} is not one of false, true, beam")
+    if "tasks" in (r.get("build") or {}) and not str(r["build"]["tasks"]).strip():
+        raise DataError("recipe build.tasks: empty; name at least one task, e.g. I0,I1,I2,I3")
+    rl = r.get("rl") or {}
+    bad = sorted(set(rl) - set(RL_METHODS))
+    if bad:
+        raise DataError(f"recipe rl: method {bad[0]!r} unknown{suggest(bad[0], RL_METHODS)}; "
+                        f"methods: {', '.join(RL_METHODS)}")
+    if r.get("sft") is not None or rl:
+        from recalign.trainers.sft import RecSFTConfig
+
+        _check_section(RecSFTConfig, r.get("sft"), "sft")
+    for method, settings in rl.items():
+        if method == "ppo":
+            from recalign.trainers.ppo import RecPPOConfig as cls
+        elif method in ("grpo", "rloo"):
+            from recalign.trainers.grpo import CONFIGS
+
+            cls = CONFIGS[method]
+        else:
+            from recalign.trainers.asft import RecASFTConfig as cls
+        _check_section(cls, settings, f"rl.{method}")
+
+
 def _hash(obj: Any) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
@@ -124,6 +211,7 @@ class Pipeline:
         from recalign.teacher.train import save_teacher, train_teacher
 
         r, seed = self.r, self.r["seed"]
+        validate_recipe(r)
         if r.get("protocol"):
             from recalign.rewards.protocol import get_protocol
 
@@ -157,10 +245,7 @@ class Pipeline:
         if protocol:
             ev["protocol"] = protocol
         grounded = ev.pop("grounded", [False])
-        grounded = grounded if isinstance(grounded, list) else [grounded]
-        bad = [g for g in grounded if g not in (False, True, "beam")]
-        if bad:
-            raise DataError(f"recipe eval.grounded: {bad[0]!r} is not one of false, true, beam")
+        grounded = grounded if isinstance(grounded, list) else [grounded]     # checked by validate_recipe
         beam_width = ev.pop("beam", 10)
         grounded_tasks = ev.pop("grounded_tasks", None)     # e.g. only I0 with grounding, to save time
         model = r.get("model", "smollm2-135m-instruct")

@@ -212,4 +212,7 @@ def resolve_tasks(names: str | list[str], specs: dict[str, TaskSpec]) -> list[Ta
                                 f"valid: {', '.join(list(GROUPS) + list(specs))}")
             if specs[t] not in out:
                 out.append(specs[t])
+    if not out:
+        raise DataError(f"--tasks {','.join(names) if isinstance(names, list) else names!r}: no task named; "
+                        f"choose from {', '.join(list(GROUPS) + list(specs))}, e.g. --tasks I0,I1,I2,I3")
     return out

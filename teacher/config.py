@@ -64,6 +64,9 @@ class TeacherTrainConfig:
             raise ValueError("temperature must be positive")
         if self.max_len < 1 or self.hidden < 1 or self.layers < 1:
             raise ValueError("max_len, hidden and layers must be positive")
+        if self.epochs < 1 or self.patience < 1 or self.batch_size < 1 or self.eval_every < 1:
+            raise ValueError(f"epochs ({self.epochs}), patience, batch_size and eval_every must be >= 1: "
+                             "zero epochs would save an untrained teacher")
 
 
 @dataclass

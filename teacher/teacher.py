@@ -45,16 +45,18 @@ class Teacher:
         model = SASRec(SASRecConfig(**conf["model"]))
         model.load_state_dict(load_file(str(path / "model.safetensors")))
         catalog = None
-        if isinstance(data, RecDataset):
-            catalog = data.catalog
-        elif data is not None:
-            catalog = RecDataset.load(data).catalog
+        if data is not None:
+            ds = data if isinstance(data, RecDataset) else RecDataset.load(data)
+            _check_same_data(path, ds)
+            catalog = ds.catalog
         else:
             from recalign.data.util import card_path
 
             where = card_path(conf.get("data"), path)
             if where is not None and where.is_dir():
-                catalog = RecDataset.load(where).catalog
+                ds = RecDataset.load(where)
+                _check_same_data(path, ds)          # prepared again in place since?
+                catalog = ds.catalog
         return cls(model, catalog)
 
     @property
@@ -174,6 +176,22 @@ class Teacher:
             ranks[~torch.isfinite(v)] = n
             out.append(ranks.numpy())
         return out
+
+
+def _check_same_data(teacher_dir: Path, ds: RecDataset) -> None:
+    """A teacher scores item indices of the dataset it was trained on; another dataset with
+    the same item count would be accepted by shape alone and give silently wrong labels."""
+    card = teacher_dir / "card.json"
+    if not card.is_file():
+        return
+    try:
+        want = (json.loads(card.read_text()).get("inputs") or {}).get("sequences")
+    except ValueError:
+        raise DataError(f"{card}: not valid JSON; retrain the teacher with `recalign teacher train`") from None
+    if want and want != ds.fingerprint():
+        raise DataError(f"{teacher_dir}: this teacher was trained on other data than {ds.path or 'the given dataset'} "
+                        "(the sequences' hash in its card.json differs); use the dataset it was trained on, "
+                        "or train a teacher on this one with `recalign teacher train --data DIR`")
 
 
 def _mask_items(scores: torch.Tensor, items_per_row) -> None:

@@ -352,7 +352,7 @@ def train(cfg: RecASFTConfig) -> Path:
     import torch
     from peft import get_peft_model
 
-    from recalign.data.util import provenance, sha256_file, write_json
+    from recalign.data.util import check_resume, provenance, sha256_file, write_json
     from recalign.models import load_policy, resolve_model, stack_into
     from recalign.models.resolve import model_fingerprint
 
@@ -397,6 +397,7 @@ def train(cfg: RecASFTConfig) -> Path:
         from transformers.trainer_utils import get_last_checkpoint
 
         last = get_last_checkpoint(str(out))
+    check_resume(out, cfg, last is not None)
     trainer = ASFTTrainer(model=model, args=cfg, train_dataset=train_ds, eval_dataset=eval_ds,
                           processing_class=tok, data_collator=WeightedCollator(tok.pad_token_id),
                           asft_normalize=cfg.asft_normalize)

@@ -115,7 +115,7 @@ def train(cfg: _RecRLFields, method: str | None = None) -> Path:
     the stage's adapter and ``card.json`` to ``cfg.output_dir``."""
     from trl import GRPOTrainer, RLOOTrainer
 
-    from recalign.data.util import provenance, sha256_file, write_json
+    from recalign.data.util import check_resume, provenance, sha256_file, write_json
     from recalign.models import resolve_model
     from recalign.models.adapters import load_policy, stack_into
     from recalign.models.resolve import model_fingerprint
@@ -137,6 +137,7 @@ def train(cfg: _RecRLFields, method: str | None = None) -> Path:
         from transformers.trainer_utils import get_last_checkpoint
 
         last = get_last_checkpoint(str(out))
+    check_resume(out, cfg, last is not None)
     trainer_cls = GRPOTrainer if method == "grpo" else RLOOTrainer
     trainer = trainer_cls(model=model, reward_funcs=[ctx.list_reward(), ctx.format_reward()], args=cfg,
                           train_dataset=rows, processing_class=tok, peft_config=lora_config(cfg, model))

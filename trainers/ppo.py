@@ -682,6 +682,10 @@ class RecPPOTrainer:
 
         cfg = self.cfg
         out = Path(cfg.output_dir)
+        from recalign.data.util import check_resume
+
+        has_ck = cfg.resume and out.is_dir() and any(out.glob("checkpoint-*"))
+        check_resume(out, cfg, has_ck)
         if cfg.resume:
             self._load_last(out)
             for _ in range(self.step if self.sched is not None else 0):

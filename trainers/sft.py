@@ -117,7 +117,7 @@ def train(cfg: RecSFTConfig) -> Path:
     import torch
     from trl import SFTTrainer
 
-    from recalign.data.util import provenance, sha256_file, write_json
+    from recalign.data.util import check_resume, provenance, sha256_file, write_json
     from recalign.models import load_model, resolve_model
     from recalign.models.resolve import model_fingerprint
 
@@ -140,6 +140,7 @@ def train(cfg: RecSFTConfig) -> Path:
         from transformers.trainer_utils import get_last_checkpoint
 
         last = get_last_checkpoint(str(out))
+    check_resume(out, cfg, last is not None)
     trainer = SFTTrainer(model=model, args=cfg, train_dataset=train_rows, eval_dataset=valid_rows,
                          processing_class=tok, peft_config=lora_config(cfg, model))
     trainer.train(resume_from_checkpoint=last)

@@ -204,6 +204,9 @@ def test_unknown_task_lists_valid_names():
         resolve_tasks("I0,I1x", load_specs())
     assert "did you mean 'I1" in str(e.value) and "I2<=" in str(e.value)
     assert [s.task for s in resolve_tasks("I2≤,I1−", load_specs())] == ["I2<=", "I1-"]
+    for empty in ("", " , "):          # a 0-row dataset with rc 0 is a silent wrong result
+        with pytest.raises(DataError, match="no task named.*--tasks I0"):
+            resolve_tasks(empty, load_specs())
 
 
 def test_template_syntax_error_names_file_and_line(tmp_path):

@@ -34,7 +34,7 @@ def test_teacher_train_and_eval_cli(tmp_path, capsys):
     assert main(["teacher", "train", "--data", str(data), "--out", str(tmp_path / "t"),
                  "--config", str(cfg), "--layers", "1"]) == 0
     out = capsys.readouterr().out
-    assert "SASRec (masked)" in out and "Popularity (unmasked)" in out
+    assert "SASRec (id) (masked)" in out and "Popularity (unmasked)" in out
     card = json.loads((tmp_path / "t" / "card.json").read_text())
     assert card["config"]["hidden"] == 16 and card["config"]["layers"] == 1 and card["seed"] == 42
     assert len(card["inputs"]["sequences"]) == 64
@@ -51,6 +51,30 @@ def test_teacher_train_and_eval_cli(tmp_path, capsys):
     assert main(["teacher", "train", "--data", str(data), "--out", str(tmp_path / "t2"), "--config", str(bad)]) == 2
     assert "did you mean 'hidden'" in capsys.readouterr().err
     assert RecDataset.load(data).n_users < 943
+    for flags, message in ((["--epochs", "0"], "untrained teacher"),
+                           (["--item-repr", "text"], "item_repr must be one of id, content, hybrid")):
+        assert main(["teacher", "train", "--data", str(data), "--out", str(tmp_path / "t3"), *flags]) == 2
+        err = capsys.readouterr().err
+        assert message in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "t3").exists()
+
+
+def test_unexpected_errors_are_one_line_unless_debug(monkeypatch, capsys):
+    def boom(args):
+        raise RuntimeError("deep inside a library\nmore lines")
+
+    def interrupted(args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("recalign.cli.cmd_assets", boom)
+    assert main(["assets", "list"]) == 1
+    err = capsys.readouterr().err
+    assert err.strip() == ("recalign: error: RuntimeError: deep inside a library "
+                           "(run `recalign --debug ...` for the traceback)")
+    with pytest.raises(RuntimeError):
+        main(["--debug", "assets", "list"])
+    monkeypatch.setattr("recalign.cli.cmd_assets", interrupted)
+    assert main(["assets", "list"]) == 130 and "interrupted" in capsys.readouterr().err
 
 
 def test_tasks_list_and_validate(tmp_path, capsys):

@@ -135,3 +135,34 @@ def test_task_files_with_bad_rules_fail_with_the_file_and_the_choices(tmp_path):
     f.write_text(base.replace("i0_sequential.jinja", "i0_seq.jinja"))
     with pytest.raises(DataError, match="t.yaml: key 'template': template 'i0_seq.jinja' not found.*did you mean"):
         validate_templates(parse_spec(f))
+
+
+@pytest.mark.parametrize("override,match", [
+    ({"sft": {"learning_rat": 1e-3}}, r"sft\.learning_rat: unknown key \(did you mean 'learning_rate'\?\)"),
+    ({"sft": {"lora_r": "big"}}, r"sft\.lora_r: 'big' does not fit int"),
+    ({"eval": {"limt": 5}}, r"eval\.limt: unknown key \(did you mean 'limit'\?\)"),
+    ({"rl": {"ppo": {"stepz": 3}}}, r"rl\.ppo\.stepz: unknown key \(did you mean 'steps'\?\)"),
+    ({"modle": "x"}, r"unknown key 'modle' \(did you mean 'model'\?\)"),
+    ({"eval": {"grounded": "maybe"}}, r"eval\.grounded: 'maybe' is not one of"),
+    ({"teacher": {"item_repr": "text"}}, r"teacher: item_repr must be one of id, content, hybrid"),
+    ({"teacher": {"epochs": True}}, r"teacher\.epochs: True does not fit int"),
+    ({"build": {"tasks": ""}}, r"build\.tasks: empty"),
+])
+def test_recipe_mistakes_fail_before_any_stage(tmp_path, override, match):
+    """Every section is checked against its stage's dataclass first: nothing is written."""
+    out = tmp_path / "run"
+    recipe = load_recipe(RECIPE, "quick", {**TINY, "out": str(out), **override})
+    with pytest.raises(DataError, match=match):
+        Pipeline(recipe, log=lambda s: None).run()
+    assert not out.exists()
+
+
+def test_a_mistyped_set_is_one_line_and_writes_nothing(tmp_path, capsys):
+    from recalign.cli import main
+
+    out = tmp_path / "run"
+    rc = main(["pipeline", "--recipe", str(RECIPE), "--profile", "quick", "--set", f"out={out}",
+               "--set", "sft.lora_r=big"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "sft.lora_r: 'big' does not fit int" in err and "Traceback" not in err
+    assert not out.exists()

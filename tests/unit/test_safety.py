@@ -66,3 +66,19 @@ def test_eval_checks_its_out_before_generating(tiny_inst):
         run_eval(EvalConfig(data=str(data), out=str(ev), model="no-such-model"))
     ev.joinpath("metrics.json").unlink()
     ev.rmdir()
+
+
+def test_outputs_get_the_umask_permissions_not_private_temp_ones(tmp_path):
+    import os
+    import stat
+
+    from recalign.data.util import atomic_dir, write_json
+
+    old = os.umask(0o022)
+    try:
+        with atomic_dir(tmp_path / "out") as tmp:
+            write_json(tmp / "card.json", {"a": 1})
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "out").stat().st_mode) == 0o755
+    assert stat.S_IMODE((tmp_path / "out" / "card.json").stat().st_mode) == 0o644

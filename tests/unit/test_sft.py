@@ -51,6 +51,13 @@ def test_resume_continues_from_checkpoint(inst):
     steps = [h["step"] for h in json.loads((out / "card.json").read_text())["log_history"] if "loss" in h]
     card = json.loads((out / "card.json").read_text())
     assert card["resumed_from"].endswith("checkpoint-2") and steps == [1, 2, 3]
+    # a finished run resumed with another learning rate would keep its weights and record the
+    # new setting: refused, naming the difference, before any training
+    before = (out / "adapter_model.safetensors").read_bytes()
+    with pytest.raises(DataError, match=r"learning_rate: 0\.005 -> 0\.01.*without --resume"):
+        _run(inst, out, "--max_steps", "3", "--save_strategy", "steps", "--save_steps", "3", "--resume", "true",
+             "--learning_rate", "1e-2")
+    assert (out / "adapter_model.safetensors").read_bytes() == before
 
 
 def test_missing_data_is_a_clear_error(tmp_path, inst):

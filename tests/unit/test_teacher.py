@@ -175,3 +175,19 @@ def test_every_target_trained_exactly_once_per_epoch():
         got = sorted(int(t) for t in y[y > 0])
         want = sorted(t for s in seqs for t in s[1:].tolist())
         assert got == want
+
+
+def test_a_teacher_refuses_other_data_with_the_same_item_count(tmp_path):
+    ds = cyclic_dataset(40, seed=0)
+    other = cyclic_dataset(40, seed=1)                  # same 30 items, other sequences
+    cfg = TeacherTrainConfig(hidden=16, inner=32, max_len=10, epochs=1, patience=1)
+    model, metrics = train_teacher(ds, cfg, log=lambda s: None)
+    out = save_teacher(tmp_path / "t", model, metrics, cfg, ds)
+    assert Teacher.load(out, data=ds).n_items == N
+    with pytest.raises(DataError, match="trained on other data"):
+        Teacher.load(out, data=other)
+
+
+def test_zero_epochs_is_refused():
+    with pytest.raises(ValueError, match="untrained teacher"):
+        TeacherTrainConfig(epochs=0)
