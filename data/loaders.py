@@ -22,8 +22,10 @@ import csv
 import gzip
 import io
 import json
+import math
 import os
 import re
+import sys
 from dataclasses import dataclass, field
 from datetime import date, datetime, timezone
 from pathlib import Path
@@ -85,12 +87,17 @@ def iter_text(path: Path, encoding: str = "utf-8") -> Iterator[tuple[int, str]]:
     """(1-based line number, decoded line with its newline), gzip or not.
 
     Lines are decoded one at a time so a bad byte is reported on its own line (a
-    TextIOWrapper decodes 8 KiB chunks and would blame an earlier line).
+    TextIOWrapper decodes 8 KiB chunks and would blame an earlier line). A last line without
+    its newline is read, with a warning on stderr: a file cut short in a copy or download
+    usually ends mid-line, and a cut line may still parse.
     """
     path = Path(path)
+    last = (0, b"\n")
     with _open_binary(path) as f:
         try:
             for lineno, raw in enumerate(f, 1):
+                if raw.strip():
+                    last = (lineno, raw)
                 try:
                     line = raw.decode(encoding)
                 except UnicodeDecodeError as e:
@@ -101,6 +108,9 @@ def iter_text(path: Path, encoding: str = "utf-8") -> Iterator[tuple[int, str]]:
                 yield lineno, line
         except (OSError, EOFError, gzip.BadGzipFile) as e:
             raise DataError(f"{path}: cannot read the file ({e}); is the gzip file truncated?") from None
+    if not last[1].endswith(b"\n"):
+        print(f"recalign: warning: {path}: no newline after the last line ({last[0]}); if the file was cut "
+              "short that line may be partial: compare the file's size with its source's", file=sys.stderr)
 
 
 def iter_lines(path: Path, encoding: str = "utf-8") -> Iterator[tuple[int, str]]:
@@ -158,17 +168,24 @@ def read_delimited(path: Path, sep: str, columns: list[str], encoding: str = "ut
 
 def to_int(value: str, path: Path, lineno: int, field_name: str) -> int:
     try:
-        return int(float(value)) if "." in value or "e" in value.lower() else int(value)
+        v = int(float(value)) if "." in value or "e" in value.lower() else int(value)
     except (ValueError, OverflowError):
         raise DataError(f"{path}:{lineno}: field {field_name!r} must be an integer, "
                         f"got {value!r}") from None
+    if not -(2 ** 63) < v < 2 ** 63:
+        raise DataError(f"{path}:{lineno}: field {field_name!r} = {value!r} is out of range "
+                        "(a 64-bit integer; timestamps are seconds or milliseconds)")
+    return v
 
 
 def to_float(value: str, path: Path, lineno: int, field_name: str) -> float:
     try:
-        return float(value)
+        v = float(value)
     except ValueError:
         raise DataError(f"{path}:{lineno}: field {field_name!r} must be a number, got {value!r}") from None
+    if not math.isfinite(v) or abs(v) > 3.4e38:      # stored as float32
+        raise DataError(f"{path}:{lineno}: field {field_name!r} must be a finite number, got {value!r}")
+    return v
 
 
 def _frame(rows: list[dict], columns: list[str], path: Path) -> pd.DataFrame:
@@ -385,12 +402,13 @@ def _rating(value, path: Path, lineno: int, key: str) -> float:
         return float("nan")
     if isinstance(value, bool):
         raise DataError(f"{path}:{lineno}: field {key!r} must be a number, got {value!r}")
-    if isinstance(value, (int, float)):
-        return float(value)
     try:
-        return float(str(value).strip())
-    except ValueError:
+        v = float(value) if isinstance(value, (int, float)) else float(str(value).strip())
+    except (ValueError, OverflowError):
         raise DataError(f"{path}:{lineno}: field {key!r} must be a number, got {value!r}") from None
+    if not math.isfinite(v) or abs(v) > 3.4e38:      # inf would pass any --min-rating
+        raise DataError(f"{path}:{lineno}: field {key!r} must be a finite number, got {value!r}")
+    return v
 
 
 def _dedupe_items(rows: dict[str, list], what: str, notes: list[str]) -> None:

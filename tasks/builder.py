@@ -394,7 +394,10 @@ def load_sharegpt(path: str | Path) -> list[list[dict]]:
             if role is None:
                 raise DataError(f"{path}: record {i}, turn {j}: unknown speaker {turn['from']!r}; "
                                 f"expected one of {', '.join(roles)}")
-            msgs.append({"role": role, "content": str(turn["value"])})
+            if not isinstance(turn["value"], str):      # null or an object would become "None" / "{...}"
+                raise DataError(f"{path}: record {i}, turn {j}: 'value' must be a string, got "
+                                f"{type(turn['value']).__name__} ({str(turn['value'])[:40]!r})")
+            msgs.append({"role": role, "content": turn["value"]})
         while msgs and msgs[-1]["role"] != "assistant":
             msgs.pop()
         if len(msgs) >= 2 and any(m["role"] == "user" for m in msgs):

@@ -264,6 +264,10 @@ def test_malformed_sharegpt(tmp_path):
     p.write_text(json.dumps([{"conversations": [{"from": "robot", "value": "x"}]}]))
     with pytest.raises(DataError, match="record 0, turn 0: unknown speaker 'robot'"):
         load_sharegpt(p)
+    for bad in (None, {"a": 1}, 42):          # never the chat texts "None" / "{'a': 1}"
+        p.write_text(json.dumps([{"conversations": [{"from": "human", "value": bad}, {"from": "gpt", "value": "yo"}]}]))
+        with pytest.raises(DataError, match="record 0, turn 0: 'value' must be a string"):
+            load_sharegpt(p)
     p.write_text('{"conversations": []}\n{not json\n')
     with pytest.raises(DataError, match=r"s.json:2: not valid JSON"):
         load_sharegpt(p)

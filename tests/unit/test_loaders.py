@@ -444,6 +444,39 @@ def test_bad_rating_generic(tmp_path):
         load_raw("generic", d)
 
 
+@pytest.mark.parametrize("value", ["inf", "-inf", "nan", "1e39"])
+def test_non_finite_rating_generic(tmp_path, value):
+    d = generic_dir(tmp_path, f"user,item,timestamp,rating\nu,a,1,4\nu,b,2,{value}\n")
+    with pytest.raises(DataError, match=r"interactions\.csv:3: field 'rating' must be a finite number"):
+        load_raw("generic", d)
+
+
+def test_huge_timestamp_is_a_clear_error(tmp_path):
+    d = generic_dir(tmp_path, "user,item,timestamp\nu,a,1\nu,b,1e23\n")
+    with pytest.raises(DataError, match=r"interactions\.csv:3: field 'timestamp' must be an integer.*got '1e23'"):
+        load_raw("generic", d)
+
+
+def test_huge_timestamp_atomic_is_a_clear_error(tmp_path):
+    d = tmp_path / "a"
+    write(d / "ml-100k.inter", "user_id:token\titem_id:token\trating:float\ttimestamp:float\n"
+                               "1\t1\t3\t881250949\n1\t2\t4\t1e23\n")
+    write(d / "ml-100k.item", (FIX / "ml100k_atomic" / "ml-100k.item").read_bytes())
+    with pytest.raises(DataError, match=r"ml-100k\.inter:3: field 'timestamp' = '1e23' is out of range"):
+        load_raw("ml-100k", d)
+
+
+def test_a_file_without_its_last_newline_is_reported(tmp_path, capsys):
+    d = generic_dir(tmp_path, "user,item,timestamp\nu,a,1\nu,b,88")      # cut mid-line, still parses
+    raw = load_raw("generic", d)
+    assert len(raw.interactions) == 2
+    err = capsys.readouterr().err
+    assert "interactions.csv: no newline after the last line (3)" in err
+    generic_dir(tmp_path, "user,item,timestamp\nu,a,1\nu,b,88\n")
+    load_raw("generic", d)
+    assert "no newline" not in capsys.readouterr().err
+
+
 def test_bad_rating_atomic(tmp_path):
     d = tmp_path / "a"
     write(d / "ml-100k.inter", "user_id:token\titem_id:token\trating:float\ttimestamp:float\n"

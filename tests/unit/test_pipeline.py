@@ -166,3 +166,27 @@ def test_a_mistyped_set_is_one_line_and_writes_nothing(tmp_path, capsys):
     err = capsys.readouterr().err
     assert rc == 2 and "sft.lora_r: 'big' does not fit int" in err and "Traceback" not in err
     assert not out.exists()
+
+
+def test_every_shipped_pipeline_recipe_and_profile_validates():
+    from recalign.pipeline import validate_recipe
+
+    recipes = sorted((ROOT / "recipes").glob("ml100k-smollm2*.yaml"))
+    assert len(recipes) >= 6
+    for path in recipes:
+        profiles = yaml.safe_load(path.read_text()).get("profiles") or {}
+        if "extends" in yaml.safe_load(path.read_text()):
+            profiles = profiles or yaml.safe_load(RECIPE.read_text()).get("profiles") or {}
+        for profile in [None, *profiles]:
+            validate_recipe(load_recipe(path, profile))
+
+
+def test_type_check_reads_string_and_resolved_annotations():
+    from typing import Optional, Union
+
+    from recalign.pipeline import _type_ok
+
+    assert _type_ok(3, Optional[int]) and not _type_ok("x", Optional[int]) and _type_ok(None, "int | None")
+    assert _type_ok({"I0": 200}, Union[str, dict, None]) and not _type_ok(3, Union[str, dict, None])
+    assert _type_ok(1, "float") and not _type_ok(True, "int") and not _type_ok(1.5, int)
+    assert _type_ok(["a"], "list[str]") and _type_ok("anything", "Literal['a']")
