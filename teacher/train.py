@@ -3,7 +3,9 @@
 Training uses every position of a user's training sequence at once (inputs ``s[:-1]``,
 targets ``s[1:]``, in windows of ``max_len``) with full-softmax cross-entropy over all
 items, which carries the same signal as RecBole's one-sample-per-prefix scheme for about
-1/50 of the compute (REFERENCE.md §5). Early stopping on validation NDCG@10.
+1/50 of the compute (REFERENCE.md §5). Early stopping on validation NDCG@10. The same loop
+trains every item representation (``item_repr`` id | content | hybrid, :mod:`.sasrec`);
+``content`` defaults to InfoNCE over in-batch negatives, as LEARN trains.
 
 Evaluation ranks the target against all items. ``mask_history=True`` removes the user's
 own earlier items from the ranking (the convention of most papers and of RecLM-gen's
@@ -289,7 +291,9 @@ def save_teacher(out: str | Path, model: SASRec, metrics: dict, cfg: TeacherTrai
         write_json(tmp / "metrics.json", metrics)
         write_json(tmp / "card.json", provenance("teacher.train", asdict(cfg), seed=cfg.seed,
                                                  inputs={"sequences": ds.fingerprint(),
-                                                         "data_dir": str(ds.path) if ds.path else None}))
+                                                         "data_dir": str(ds.path) if ds.path else None},
+                                                 # content/hybrid: model, template, cache key, items without text
+                                                 content=metrics.get("content")))
     return Path(out)
 
 

@@ -11,6 +11,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from recalign.data import DataError, RecDataset
 from recalign.data import prepare as prepare_mod
@@ -685,3 +687,34 @@ def test_amazon2023_release(tmp_path):
     with pytest.raises(DataError, match="use --dataset amazon"):
         load_raw("amazon2023", None, interactions=FIX / "amazon2018" / "Movies_and_TV_5.json",
                  items=FIX / "amazon2023" / "meta_Movies_and_TV.jsonl.gz")
+
+
+DAMAGED_SOURCES = [("generic", "generic", "interactions.csv"), ("generic", "generic", "items.csv"),
+                   ("generic", "generic/jsonl", "interactions.jsonl"), ("ml-100k", "ml100k_atomic", "ml-100k.inter"),
+                   ("ml-100k", "ml100k_atomic", "ml-100k.item")]
+
+
+@settings(max_examples=300, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck))
+@given(which=st.sampled_from(DAMAGED_SOURCES), cut=st.floats(0, 1),
+       flips=st.lists(st.tuples(st.floats(0, 1), st.integers(0, 255)), max_size=4),
+       junk=st.binary(max_size=40))
+def test_damaged_files_load_or_fail_clearly(which, cut, flips, junk):
+    """Truncated, bit-flipped and junk-appended copies of the fixtures: either they are
+    prepared or they raise DataError (one line); never another exception."""
+    import shutil
+    import tempfile
+
+    dataset, folder, name = which
+    with tempfile.TemporaryDirectory() as tmp:
+        d = Path(tmp) / "in"
+        shutil.copytree(FIX / folder, d)
+        data = bytearray((d / name).read_bytes())
+        data = data[:int(len(data) * cut)] if cut < 0.95 else data
+        for pos, byte in flips:
+            if data:
+                data[int(pos * (len(data) - 1))] = byte
+        (d / name).write_bytes(bytes(data) + junk)
+        try:
+            prepare_dataset(Path(tmp) / "out", PrepareOptions(dataset=dataset), input_dir=d)
+        except DataError as e:
+            assert str(e) and "\n" not in str(e).strip()

@@ -393,3 +393,24 @@ def test_asft_bad_arguments(kwargs):
         asft_weights([1.0, 2.0], **kwargs)
     with pytest.raises(ValueError):
         asft_weights([1.0, float("nan")])
+
+
+GARBAGE = st.one_of(answers(), st.text(max_size=400),
+                    st.binary(max_size=300).map(lambda b: b.decode("latin-1")),
+                    st.lists(st.sampled_from(TITLES + ["", " ", "1.", "\n", "A (1995)", "\"B\"", "Ä", "\x00"]),
+                             max_size=40).map("".join))
+
+
+@settings(max_examples=10_000, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck))
+@given(text=GARBAGE, task=st.sampled_from(["I0", "I1+", "I1-", "I2<=", "I2>=", "I2~"]),
+       parser=st.sampled_from(["lenient", "strict"]), fuzzy=st.booleans(),
+       m=st.integers(1, 10), target=st.one_of(st.none(), st.integers(1, 8)),
+       history=st.lists(st.integers(1, 8), max_size=4))
+def test_soak_garbage_answers_never_raise_or_go_non_finite(cat, text, task, parser, fuzzy, m, target, history):
+    """10,000 generated answers through both parsers, the rewards and the metrics (~15 s)."""
+    rw = row(task, m=m, history=history, target=target, category="x", n=min(2, m))
+    r = item_and_list_rewards(rw, text, RANKS, cat, parser=parser, fuzzy=fuzzy and parser == "lenient")
+    values = [*r.item_rewards, r.list_reward, r.task_list, r.format_score]
+    met = sample_metrics(rw, text, cat, parser=parser, fuzzy=fuzzy and parser == "lenient")
+    values += [v for v in met.values() if isinstance(v, (int, float)) and not isinstance(v, bool)]
+    assert all(math.isfinite(v) for v in values), values

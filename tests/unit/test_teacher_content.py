@@ -158,6 +158,8 @@ def test_content_teacher_saves_and_loads_without_the_language_model(taste, tmp_p
     out = save_teacher(tmp_path / "t", model, m, small_cfg(item_repr="hybrid", epochs=2), ds)
     loaded = Teacher.load(out, data=ds)
     assert loaded.model.cfg.item_repr == "hybrid"
+    card = json.loads((out / "card.json").read_text())
+    assert card["config"]["item_repr"] == "hybrid" and card["content"]["items_without_text"] == 0
     hist = [s[:-1] for s in ds.sequences[:30]]
     assert all(np.array_equal(x, y) for x, y in zip(Teacher(model, ds.catalog).topk(hist, 10),
                                                       loaded.topk(hist, 10)))
