@@ -18,6 +18,15 @@ from .util import DataError, sha256_file
 SPLITS = ("train", "valid", "test")
 
 
+def _read_parquet(file: Path) -> pd.DataFrame:
+    try:
+        return pd.read_parquet(file)
+    except Exception as e:  # pyarrow's errors on a damaged file are deep and many-typed
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+        raise DataError(f"{file}: not a readable parquet file ({first}); prepare the dataset again "
+                        "(`recalign data prepare --out DIR --overwrite`)") from None
+
+
 @dataclass
 class RecDataset:
     items: pd.DataFrame
@@ -35,10 +44,16 @@ class RecDataset:
         if missing:
             raise DataError(f"{path}: not a prepared dataset directory (missing {', '.join(missing)}); "
                             "create it with `recalign data prepare --out DIR`")
-        items = pd.read_parquet(path / "items.parquet")
-        seqs = pd.read_parquet(path / "sequences.parquet").sort_values("user_idx")
-        users = pd.read_parquet(path / "users.parquet") if (path / "users.parquet").is_file() else None
-        card = json.loads((path / "card.json").read_text()) if (path / "card.json").is_file() else None
+        items = _read_parquet(path / "items.parquet")
+        seqs = _read_parquet(path / "sequences.parquet").sort_values("user_idx")
+        users = _read_parquet(path / "users.parquet") if (path / "users.parquet").is_file() else None
+        card = None
+        if (path / "card.json").is_file():
+            try:
+                card = json.loads((path / "card.json").read_text())
+            except (ValueError, RecursionError):
+                raise DataError(f"{path / 'card.json'}: not valid JSON; prepare the dataset again "
+                                "(`recalign data prepare --out DIR --overwrite`)") from None
         return cls(items=items,
                    sequences=[np.asarray(s, dtype=np.int64) for s in seqs["items"]],
                    users=users,

@@ -131,6 +131,9 @@ def iter_records(path: Path, literal: bool | None = None) -> Iterator[tuple[int,
         if literal is not True:
             try:
                 rec = json.loads(line)
+            except RecursionError:
+                raise DataError(f"{path}:{lineno}: JSON nested too deeply to read; "
+                                "each line must be one flat record") from None
             except json.JSONDecodeError as e:
                 if literal is False:
                     raise DataError(f"{path}:{lineno}: not valid JSON ({e.msg} at column {e.colno}); "

@@ -80,8 +80,12 @@ def atomic_dir(final: str | os.PathLike, overwrite: bool = False, inputs=None) -
         check_out(final, overwrite, inputs)
     if final.exists() and not overwrite:
         raise FileExistsError(f"{final} already exists; pass --overwrite or choose another --out")
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
+    try:
+        final.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
+    except OSError as e:
+        raise DataError(f"--out {final}: cannot write there ({e.strerror or e}); choose a folder you can "
+                        "write to") from None
     os.chmod(tmp, 0o777 & ~_umask())          # mkdtemp's 0700 would hide results from the group
     try:
         yield tmp

@@ -370,12 +370,16 @@ def load_sharegpt(path: str | Path) -> list[list[dict]]:
         records = json.loads(text)
         if isinstance(records, dict):
             records = [records]
+    except RecursionError:
+        raise DataError(f"{path}: JSON nested too deeply to read; expected a list of conversations") from None
     except json.JSONDecodeError:
         records = []
         for lineno, line in enumerate(text.splitlines(), 1):
             if line.strip():
                 try:
                     records.append(json.loads(line))
+                except RecursionError:
+                    raise DataError(f"{path}:{lineno}: JSON nested too deeply to read") from None
                 except json.JSONDecodeError as e:
                     raise DataError(f"{path}:{lineno}: not valid JSON ({e.msg}); expected a JSON list of "
                                     "conversations or one conversation per line") from None

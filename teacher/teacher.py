@@ -41,9 +41,18 @@ class Teacher:
         if not (path / "model.safetensors").is_file() or not (path / "config.json").is_file():
             raise DataError(f"{path}: not a teacher directory (needs model.safetensors and config.json); "
                             "create it with `recalign teacher train --data DIR --out DIR`")
-        conf = json.loads((path / "config.json").read_text())
-        model = SASRec(SASRecConfig(**conf["model"]))
-        model.load_state_dict(load_file(str(path / "model.safetensors")))
+        redo = "train it again with `recalign teacher train --data DIR --out DIR --overwrite`"
+        try:
+            conf = json.loads((path / "config.json").read_text())
+            model = SASRec(SASRecConfig(**conf["model"]))
+        except (ValueError, TypeError, KeyError, RecursionError) as e:
+            raise DataError(f"{path / 'config.json'}: not a teacher config ({type(e).__name__}: "
+                            f"{str(e)[:120]}); {redo}") from None
+        try:
+            model.load_state_dict(load_file(str(path / "model.safetensors")))
+        except Exception as e:  # safetensors' and torch's errors on a damaged or foreign file
+            raise DataError(f"{path / 'model.safetensors'}: cannot load the teacher's weights "
+                            f"({type(e).__name__}: {str(e).splitlines()[0][:160] if str(e) else ''}); {redo}") from None
         catalog = None
         if data is not None:
             ds = data if isinstance(data, RecDataset) else RecDataset.load(data)

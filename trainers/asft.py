@@ -390,6 +390,9 @@ def train(cfg: RecASFTConfig) -> Path:
         v_rows, v_w, _ = _rows_and_weights(cfg, ctx, "valid")
         eval_ds = tokenize_examples(v_rows, v_w, tok, cfg.max_length)[0] if v_rows else None
 
+    from transformers import set_seed
+
+    set_seed(cfg.seed)       # LoRA's A matrices are drawn here, before the Trainer seeds: a run repeats
     model = get_peft_model(model, lora_config(cfg, model))
     out = Path(cfg.output_dir)
     last = None

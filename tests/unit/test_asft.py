@@ -189,6 +189,20 @@ def test_sft_adapter_is_stacked_and_resume_continues(inst):
     assert card["weighting"] == "bc" and card["weight_stats"]["min"] >= 1.0      # w = rating in 1..5
 
 
+def test_asft_resumed_equals_uninterrupted(inst):
+    """Stopped after step 1 of 2 and resumed == 2 steps in one go (constant LR)."""
+    from safetensors.torch import load_file
+
+    save = ["--save_strategy", "steps", "--save_steps", "1", "--lr_scheduler_type", "constant"]
+    cut, straight = inst[3] / "cut", inst[3] / "straight"
+    assert _run(inst, cut, *save, "--max_steps", "1") == 0
+    assert _run(inst, cut, *save, "--max_steps", "2", "--resume", "true") == 0
+    assert _run(inst, straight, *save, "--max_steps", "2") == 0
+    a = load_file(str(cut / "adapter_model.safetensors"))
+    b = load_file(str(straight / "adapter_model.safetensors"))
+    assert a.keys() == b.keys() and max(float((a[k] - b[k]).abs().max()) for k in a) < 1e-6
+
+
 def test_teacher_baseline_and_eval_loss_through_main(inst):
     out = inst[3] / "teacher"
     assert _run(inst, out, "--max_steps", "1", "--asft_baseline", "teacher", "--asft_teacher_k", "5",

@@ -96,6 +96,22 @@ def test_grpo_resumes_from_checkpoint(inst):
     assert json.loads((out / "adapter_config.json").read_text())["r"] == 4 and not (out / "rl_adapter").exists()
 
 
+
+def test_grpo_resumed_equals_uninterrupted(inst):
+    """Interrupted after step 2 of 3 and resumed == 3 steps in one go (constant LR, so the
+    schedule does not depend on the planned length)."""
+    from safetensors.torch import load_file
+
+    save = ["--save_strategy", "steps", "--save_steps", "2", "--lr_scheduler_type", "constant"]
+    cut, straight = inst[3] / "cut", inst[3] / "straight"
+    assert _run(inst, "grpo", cut, "--max_steps", "2", *save, adapter=False) == 0
+    assert _run(inst, "grpo", cut, "--max_steps", "3", *save, "--resume", "true", adapter=False) == 0
+    assert _run(inst, "grpo", straight, "--max_steps", "3", *save, adapter=False) == 0
+    a = load_file(str(cut / "adapter_model.safetensors"))
+    b = load_file(str(straight / "adapter_model.safetensors"))
+    assert a.keys() == b.keys() and max(float((a[k] - b[k]).abs().max()) for k in a) < 1e-5
+
+
 def test_missing_reward_field_fails_before_training(inst, tmp_path, monkeypatch):
     data, model, _, _ = inst
     dd = datasets.load_from_disk(str(data / "dataset"))

@@ -170,6 +170,15 @@ def test_main_resumes_and_writes_a_loadable_adapter(tiny_inst, sft_adapter, tmp_
     PeftModel.from_pretrained(load_model(str(model))[0], str(out))
     ppo_only = [k for k in load_file(str(out / "adapter_model.safetensors")) if ".layers.0." in k]
     assert ppo_only == []                   # --lora_top_layers 1 for both: only layer 1 is adapted
+    # resumed == uninterrupted: the same 3 steps in one go give the same adapter
+    straight = tmp_path / "ppo-straight"
+    assert main([*[str(straight) if a == str(out) else a for a in args], "--steps", "3"]) == 0
+    a, b = load_file(str(out / "adapter_model.safetensors")), load_file(str(straight / "adapter_model.safetensors"))
+    assert a.keys() == b.keys()
+    assert max(float((a[k] - b[k]).abs().max()) for k in a) < 1e-6
+    # and a resume that changes what is learned is refused, naming the setting
+    with pytest.raises(DataError, match=r"learning_rate: 0\.001 -> 0\.01"):
+        main([*[("1e-2" if a == "1e-3" else a) for a in args], "--steps", "4", "--resume", "true"])
 
 
 def test_rows_missing_reward_fields_fail_before_any_rollout(tiny_inst, tmp_path):

@@ -82,3 +82,45 @@ def test_outputs_get_the_umask_permissions_not_private_temp_ones(tmp_path):
         os.umask(old)
     assert stat.S_IMODE((tmp_path / "out").stat().st_mode) == 0o755
     assert stat.S_IMODE((tmp_path / "out" / "card.json").stat().st_mode) == 0o644
+
+
+def test_damaged_outputs_and_unwritable_out_are_one_line_errors(tmp_path, ml100k_dir):
+    import shutil
+
+    from recalign.data import RecDataset
+    from recalign.data.util import atomic_dir
+    from recalign.teacher import Teacher
+    from tests.conftest import untrained_teacher_dir
+
+    data = tmp_path / "d"
+    shutil.copytree(ml100k_dir, data)
+    ds = RecDataset.load(data)
+    teacher = untrained_teacher_dir(ds, tmp_path / "t")
+    (teacher / "model.safetensors").write_bytes(b"\x00garbage" * 10)
+    with pytest.raises(DataError, match=r"model\.safetensors: cannot load the teacher's weights.*train it again"):
+        Teacher.load(teacher, data=ds)
+    (teacher / "config.json").write_text("{not json")
+    with pytest.raises(DataError, match=r"config\.json: not a teacher config"):
+        Teacher.load(teacher, data=ds)
+    (data / "sequences.parquet").write_bytes(b"PAR1 but not really")
+    with pytest.raises(DataError, match=r"sequences\.parquet: not a readable parquet file.*data prepare"):
+        RecDataset.load(data)
+    with pytest.raises(DataError, match=r"--out /proc/recalign-x/out: cannot write there"):
+        with atomic_dir("/proc/recalign-x/out"):
+            pass
+
+
+def test_deeply_nested_json_is_a_clear_error(tmp_path):
+    from recalign.data.loaders import load_raw
+    from recalign.tasks.builder import load_sharegpt
+
+    deep = "[" * 200_000 + "]" * 200_000
+    (tmp_path / "s.json").write_text(deep)
+    with pytest.raises(DataError, match="nested too deeply"):
+        load_sharegpt(tmp_path / "s.json")
+    d = tmp_path / "in"
+    d.mkdir()
+    (d / "interactions.jsonl").write_text('{"user": "u", "item": "a", "timestamp": 1}\n' + deep + "\n")
+    (d / "items.jsonl").write_text('{"item": "a", "title": "A"}\n')
+    with pytest.raises(DataError, match=r"interactions\.jsonl:2: JSON nested too deeply"):
+        load_raw("generic", d)
