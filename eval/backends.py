@@ -16,7 +16,7 @@ from typing import Sequence
 import numpy as np
 
 from recalign.data.util import DataError
-from recalign.models.adapters import check_adapter
+from recalign.models.adapters import check_adapter, load_adapter
 
 Messages = list[dict]
 
@@ -85,7 +85,7 @@ class HFBackend(Backend):
 
             check_adapter(self.adapter, resolve_model(self.model))
             # merged: the same function, and generation (beam search above all) runs at base speed
-            self.model_obj = PeftModel.from_pretrained(self.model_obj, self.adapter).merge_and_unload()
+            self.model_obj = load_adapter(PeftModel, self.model_obj, self.adapter, self.model).merge_and_unload()
             self.name = Path(self.adapter).name
         self.model_obj.eval()
         self.tok.padding_side = "left"

@@ -137,7 +137,22 @@ def load_policy(model: str, adapter: str | Path | None = None, **kw):
     check_adapter(adapter, resolve_model(model))
     from peft import PeftModel
 
-    return PeftModel.from_pretrained(base, str(adapter)).merge_and_unload(), tok
+    return load_adapter(PeftModel, base, adapter, model).merge_and_unload(), tok
+
+
+def load_adapter(peft_cls, base, adapter, model: str):
+    """PEFT's loader, with its wall of size-mismatch lines (an adapter without a card, made for
+    another base) or a damaged weights file turned into one line."""
+    try:
+        return peft_cls.from_pretrained(base, str(adapter))
+    except Exception as e:  # torch, safetensors and PEFT each raise their own types here
+        text = str(e)
+        if "size mismatch" in text:
+            raise DataError(f"--adapter {adapter}: its weight shapes do not fit --model {model} (it was made "
+                            "for another base model); pass the base model it was trained on") from None
+        first = (text.strip().splitlines() or [type(e).__name__])[0][:200]
+        raise DataError(f"--adapter {adapter}: cannot load it onto --model {model} ({first}); give an adapter "
+                        "directory written by a recalign trainer") from None
 
 
 MERGED_KEEP = 4          # merged copies kept in the cache (each is a full model)

@@ -74,3 +74,18 @@ def test_merged_model_dir_is_the_adapter_merged_and_cached(tiny_inst, tmp_path, 
     assert (d / "config.json").stat().st_mtime_ns == stamp
     _random_lora(load_model(model)[0], tmp_path / "b", 1, r=4, lora_alpha=8, target_modules="all-linear")
     assert merged_model_dir(model, tmp_path / "b") != d                 # another adapter, another copy
+
+
+def test_an_adapter_for_another_base_without_a_card_is_one_line(tiny_inst, tmp_path):
+    from recalign.models.resolve import build_tiny_random
+
+    _, model, _ = tiny_inst
+    adapter = tmp_path / "a"
+    _random_lora(load_model(str(model))[0], adapter, seed=0, r=2, target_modules=["q_proj", "v_proj"])
+    assert not (adapter / "card.json").exists()
+    narrow = build_tiny_random(tmp_path / "narrow", hidden=32)
+    with pytest.raises(DataError, match="weight shapes do not fit --model .*narrow.*another base model"):
+        load_policy(str(narrow), adapter)
+    (adapter / "adapter_model.safetensors").write_bytes(b"not weights")
+    with pytest.raises(DataError, match="cannot load it onto --model"):
+        load_policy(str(model), adapter)
