@@ -93,3 +93,27 @@ def test_tasks_list_and_validate(tmp_path, capsys):
     assert main(["tasks", "validate", str(bad)]) == 2
     err = capsys.readouterr().err
     assert "t.yaml: key 'template': template 'i0_sequentail.jinja' not found (did you mean 'i0_sequential.jinja'?)" in err
+
+
+def test_content_teacher_and_coldstart_cli(tmp_path, capsys, monkeypatch):
+    from recalign.data.prepare import PrepareOptions, prepare_dataset
+    from recalign.models.resolve import build_tiny_random
+
+    monkeypatch.setenv("RECALIGN_CACHE", str(tmp_path / "cache"))
+    data = prepare_dataset(tmp_path / "d", PrepareOptions("ml-100k", user_core=300))
+    tiny = build_tiny_random(tmp_path / "tiny")
+    small = ["--hidden", "16", "--inner", "32", "--epochs", "1", "--max-len", "20", "--content-model", str(tiny)]
+    assert main(["teacher", "train", "--data", str(data), "--out", str(tmp_path / "t"), "--item-repr", "content",
+                 *small]) == 0
+    out = capsys.readouterr().out
+    assert "LEARN (content) (masked)" in out and "by the target's training interactions" in out
+    metrics = json.loads((tmp_path / "t" / "metrics.json").read_text())
+    assert metrics["item_repr"] == "content" and metrics["content"]["model"].startswith(str(tiny))
+    assert main(["teacher", "coldstart", "--data", str(data), "--out", str(tmp_path / "c"), "--variants",
+                 "id,hybrid", "--new-items", "0.2", *small]) == 0
+    report = (tmp_path / "c" / "report.md").read_text()
+    assert "SASRec id+content (hybrid)" in report and "new items" in report
+    assert json.loads((tmp_path / "c" / "metrics.json").read_text())["protocol"]["held_out_in_training"] == 0
+    assert main(["teacher", "coldstart", "--data", str(data), "--out", str(tmp_path / "c2"), "--variants",
+                 "id,text"]) == 2
+    assert "--variants id,text: choose from id, content, hybrid" in capsys.readouterr().err
