@@ -97,7 +97,7 @@ def run_coldstart(ds: RecDataset, cfg, variants=("id", "content", "hybrid"), fra
     """Train each variant on the new-item split's training data; rank its warm test rows
     (overall and by bucket) and the held-out items' rows. Returns the metrics dict.
     ``loss`` applies to every variant (auto: infonce for content, ce otherwise)."""
-    from .train import full_ranks, train_counts, train_teacher
+    from .train import count_ranks, full_ranks, train_counts, train_teacher
 
     split = new_item_split(ds, frac, seed=cfg.seed)
     hist, tgt = split.rows
@@ -106,7 +106,6 @@ def run_coldstart(ds: RecDataset, cfg, variants=("id", "content", "hybrid"), fra
         hist, tgt = [hist[i] for i in pick], tgt[pick]
     counts = train_counts(split.train)
     warm_hist, warm_tgt = split.train.split_examples("test")
-    pop = counts.astype(np.float64)
     out = {"protocol": {
         "new_items": {"frac": frac, "held_out": int(len(split.held)), "rows": int(len(tgt)),
                       "rows_available": int(len(split.rows[1])), "seed": cfg.seed},
@@ -125,8 +124,8 @@ def run_coldstart(ds: RecDataset, cfg, variants=("id", "content", "hybrid"), fra
                                   "new_items": {m: bootstrap_ci(x) for m, x in rows_n.items()}, "seconds": 0.0}
             continue
         if v == "popularity":
-            ranks_w = _pop_ranks(pop, warm_hist, warm_tgt)
-            ranks_n = _pop_ranks(pop, hist, tgt)
+            ranks_w = count_ranks(counts, warm_hist, warm_tgt)
+            ranks_n = count_ranks(counts, hist, tgt)
             info = {}
         else:
             log(f"cold start: training {v} on {split.train.n_users} users without {len(split.held)} held-out items")
@@ -176,17 +175,6 @@ def _bucket_rows(rows: dict[str, np.ndarray], targets, counts) -> dict:
         sel = np.ones(len(labels), bool) if name == "all" else labels == name
         out[name] = {"n": int(sel.sum()), **{m: bootstrap_ci(v[sel]) for m, v in rows.items()}}
     return out
-
-
-def _pop_ranks(pop: np.ndarray, hist, tgt) -> np.ndarray:
-    ranks = np.empty(len(tgt), dtype=np.int64)
-    for i, (h, t) in enumerate(zip(hist, tgt)):
-        s = pop.copy()
-        s[0] = -np.inf
-        if len(h):
-            s[h[h != t]] = -np.inf
-        ranks[i] = int((s > s[t]).sum() + ((s == s[t]) & (np.arange(len(s)) < t)).sum())
-    return ranks
 
 
 def _fmt(ci: dict) -> str:

@@ -110,12 +110,16 @@ def full_ranks(model: SASRec, histories: list, targets: np.ndarray, mask_history
 
 def popularity_ranks(ds: RecDataset, split: str, mask_history: bool) -> np.ndarray:
     """The popularity baseline: items ranked by training-interaction count."""
-    counts = np.bincount(np.concatenate(ds.train_sequences()), minlength=ds.n_items + 1).astype(np.float64)
-    counts[0] = -np.inf
-    hist, targets = ds.split_examples(split)
+    return count_ranks(train_counts(ds), *ds.split_examples(split), mask_history=mask_history)
+
+
+def count_ranks(counts: np.ndarray, histories, targets, mask_history: bool = True) -> np.ndarray:
+    """0-based rank of each target when items are ordered by ``counts`` (ties by index)."""
+    base = counts.astype(np.float64)
+    base[0] = -np.inf
     ranks = np.empty(len(targets), dtype=np.int64)
-    for u, (h, t) in enumerate(zip(hist, targets)):
-        s = counts.copy()
+    for u, (h, t) in enumerate(zip(histories, targets)):
+        s = base.copy()
         if mask_history and len(h):
             s[h[h != t]] = -np.inf
         ranks[u] = int((s > s[t]).sum() + ((s == s[t]) & (np.arange(len(s)) < t)).sum())
