@@ -89,12 +89,17 @@ _BASIC = {"int": (int,), "float": (int, float), "str": (str,), "bool": (bool,), 
           "NoneType": (type(None),), "list": (list, tuple), "tuple": (list, tuple), "dict": (dict,)}
 
 
+def _type_text(annotation: Any) -> str:
+    """A field annotation as written (``int | None``), whether a string or resolved."""
+    text = annotation if isinstance(annotation, str) else \
+        annotation.__name__ if isinstance(annotation, type) else str(annotation)
+    return text.replace("typing.", "")
+
+
 def _type_ok(value: Any, annotation: Any) -> bool:
     """Whether ``value`` fits a field annotation of simple types (``int | None``, ``str``,
     ``list[str]`` ...); annotations it cannot read (Literal, unions of classes) accept anything."""
-    text = annotation if isinstance(annotation, str) else \
-        annotation.__name__ if isinstance(annotation, type) else str(annotation)
-    text = text.replace("typing.", "").replace("Optional[", "None | ").replace("Union[", "")
+    text = _type_text(annotation).replace("Optional[", "None | ").replace("Union[", "")
     allowed: tuple = ()
     for part in text.replace(",", "|").split("|"):
         base = part.strip().rstrip("]").split("[")[0].strip()
@@ -121,9 +126,7 @@ def _check_section(cls, values: Any, where: str, skip: set = frozenset()) -> Non
             raise DataError(f"recipe {where}.{key}: unknown key{suggest(key, fields)}; {where} takes "
                             f"{cls.__name__} fields")
         if value is not None and not _type_ok(value, fields[key].type):
-            t = fields[key].type
-            shown = t if isinstance(t, str) else t.__name__ if isinstance(t, type) else str(t).replace("typing.", "")
-            raise DataError(f"recipe {where}.{key}: {value!r} does not fit {shown}")
+            raise DataError(f"recipe {where}.{key}: {value!r} does not fit {_type_text(fields[key].type)}")
 
 
 def validate_recipe(r: dict) -> None:

@@ -25,6 +25,8 @@ import numpy as np
 from recalign.data import DataError, RecDataset
 from recalign.data.stats import bootstrap_ci, paired
 
+from .config import VARIANT_NAMES
+
 BUCKETS = ((0, 5, "<=5"), (6, 20, "6-20"), (21, None, ">20"))
 K = 10
 
@@ -88,7 +90,7 @@ def new_item_split(ds: RecDataset, frac: float = 0.1, seed: int = 0, min_len: in
     return NewItemSplit(train=train, held=held, rows=(hist, np.asarray(tgt, dtype=np.int64)))
 
 
-VARIANT_NAMES = {"id": "SASRec (id)", "content": "LEARN (content)", "hybrid": "SASRec id+content (hybrid)"}
+NAMES = {**VARIANT_NAMES, "random": "random (expected)", "popularity": "most popular"}
 
 
 def run_coldstart(ds: RecDataset, cfg, variants=("id", "content", "hybrid"), frac: float = 0.1,
@@ -116,30 +118,24 @@ def run_coldstart(ds: RecDataset, cfg, variants=("id", "content", "hybrid"), fra
     per_variant_rows = {}
     for v in ["random", "popularity", *variants]:
         t0 = time.perf_counter()
+        info = {}
         if v == "random":
             rows_w, rows_n = _random_rows(ds.n_items, warm_hist, warm_tgt), _random_rows(ds.n_items, hist, tgt)
-            per_variant_rows[v] = (rows_w, rows_n)
-            out["variants"][v] = {"name": "random (expected)",
-                                  "warm_buckets": _bucket_rows(rows_w, warm_tgt, counts),
-                                  "new_items": {m: bootstrap_ci(x) for m, x in rows_n.items()}, "seconds": 0.0}
-            continue
-        if v == "popularity":
-            ranks_w = count_ranks(counts, warm_hist, warm_tgt)
-            ranks_n = count_ranks(counts, hist, tgt)
-            info = {}
+        elif v == "popularity":
+            rows_w, rows_n = per_row(count_ranks(counts, warm_hist, warm_tgt)), per_row(count_ranks(counts, hist, tgt))
         else:
             log(f"cold start: training {v} on {split.train.n_users} users without {len(split.held)} held-out items")
             vcfg = replace(cfg, item_repr=v, loss=loss)
             model, m = train_teacher(split.train, vcfg, log=log, content=content)
-            ranks_w = full_ranks(model, warm_hist, warm_tgt, mask_history=True)
-            ranks_n = full_ranks(model, hist, tgt, mask_history=True)
+            rows_w = per_row(full_ranks(model, warm_hist, warm_tgt, mask_history=True))
+            rows_n = per_row(full_ranks(model, hist, tgt, mask_history=True))
             info = {"best_epoch": m["best_epoch"], "train_time_s": m["train_time_s"],
                     "content": m.get("content"), "loss": vcfg.loss}
-        per_variant_rows[v] = (per_row(ranks_w), per_row(ranks_n))
+        per_variant_rows[v] = (rows_w, rows_n)
         out["variants"][v] = {
-            "name": VARIANT_NAMES.get(v, "most popular"), **info,
-            "warm_buckets": bucket_metrics(ranks_w, warm_tgt, counts),
-            "new_items": {m: bootstrap_ci(x) for m, x in per_row(ranks_n).items()},
+            "name": NAMES[v], **info,
+            "warm_buckets": _bucket_rows(rows_w, warm_tgt, counts),
+            "new_items": {m: bootstrap_ci(x) for m, x in rows_n.items()},
             "seconds": round(time.perf_counter() - t0, 1),
         }
     # paired: each variant against the id teacher on the same rows
@@ -151,8 +147,7 @@ def run_coldstart(ds: RecDataset, cfg, variants=("id", "content", "hybrid"), fra
                 continue
             w0, n0 = per_variant_rows["id"]
             c = {"new_items": {m: paired(n0[m], n[m]) for m in n}}
-            for b in [b[2] for b in BUCKETS] + ["all"]:
-                sel = np.ones(len(labels), bool) if b == "all" else labels == b
+            for b, sel in _bucket_masks(labels):
                 c[b] = {m: paired(w0[m][sel], w[m][sel]) for m in w}
             comp[v] = c
         out["vs_id"] = comp
@@ -168,13 +163,16 @@ def _random_rows(n_items: int, hist, tgt, k: int = K) -> dict[str, np.ndarray]:
     return {f"HR@{k}": kk / m, f"NDCG@{k}": disc[kk - 1] / m}
 
 
+def _bucket_masks(labels: np.ndarray):
+    """(bucket, row mask) for each bucket and then "all"."""
+    for name in [b[2] for b in BUCKETS]:
+        yield name, labels == name
+    yield "all", np.ones(len(labels), bool)
+
+
 def _bucket_rows(rows: dict[str, np.ndarray], targets, counts) -> dict:
-    labels = bucket_of(counts, targets)
-    out = {}
-    for name in [b[2] for b in BUCKETS] + ["all"]:
-        sel = np.ones(len(labels), bool) if name == "all" else labels == name
-        out[name] = {"n": int(sel.sum()), **{m: bootstrap_ci(v[sel]) for m, v in rows.items()}}
-    return out
+    return {name: {"n": int(sel.sum()), **{m: bootstrap_ci(v[sel]) for m, v in rows.items()}}
+            for name, sel in _bucket_masks(bucket_of(counts, targets))}
 
 
 def _fmt(ci: dict) -> str:

@@ -4,7 +4,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 ITEM_REPRS = ("id", "content", "hybrid")
-# How reports name a teacher by its item representation.
+# How tables name a variant, and how an eval report names the teacher behind its reference row.
+VARIANT_NAMES = {"id": "SASRec (id)", "content": "LEARN (content)", "hybrid": "SASRec id+content (hybrid)"}
 TEACHER_LABELS = {"id": "SASRec teacher", "content": "LEARN teacher (content)",
                   "hybrid": "SASRec id+content teacher (hybrid)"}
 # The item text the content encoder reads (Jinja over the item's catalog row).

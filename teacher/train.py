@@ -153,7 +153,7 @@ def build_model(ds: RecDataset, cfg: TeacherTrainConfig, content: np.ndarray | N
             content, info = item_content(ds, cfg.content_model, cfg.content_template,
                                          max_length=cfg.content_max_length, log=log)
         else:
-            info = {"model": "given", "items_without_text": int((np.abs(content[1:]).sum(1) == 0).sum())}
+            info = {"model": "given"}
         if content.shape[0] != ds.n_items + 1:
             raise DataError(f"content embeddings have {content.shape[0]} rows for {ds.n_items} items (+ padding)")
         no_text = np.abs(content).sum(1) == 0
@@ -250,7 +250,8 @@ def train_teacher(ds: RecDataset, cfg: TeacherTrainConfig, log=print,
     if best_state is not None:
         model.load_state_dict(best_state)
     model.eval()
-    test_ranks = full_ranks(model, *ds.split_examples("test"), mask_history=True)
+    test_hist, test_targets = ds.split_examples("test")
+    test_ranks = full_ranks(model, test_hist, test_targets, mask_history=True)
     from .coldstart import bucket_metrics
 
     metrics = {
@@ -268,7 +269,7 @@ def train_teacher(ds: RecDataset, cfg: TeacherTrainConfig, log=print,
         # the teacher as labels and rewards use it: the prompt's window of the last 10 items
         "test_window10": {"masked": evaluate(model, ds, "test", True, window=10)},
         # cold start: the test split by how often the target was seen in training
-        "test_buckets": {"masked": bucket_metrics(test_ranks, ds.split_examples("test")[1], train_counts(ds))},
+        "test_buckets": {"masked": bucket_metrics(test_ranks, test_targets, train_counts(ds))},
         "popularity_test": {
             "masked": rank_metrics(popularity_ranks(ds, "test", True)),
             "unmasked": rank_metrics(popularity_ranks(ds, "test", False)),
@@ -303,7 +304,7 @@ def save_teacher(out: str | Path, model: SASRec, metrics: dict, cfg: TeacherTrai
 
 def summary_table(metrics: dict) -> str:
     """A few lines a person reads after training."""
-    from .coldstart import VARIANT_NAMES
+    from .config import VARIANT_NAMES
 
     name = VARIANT_NAMES.get(metrics.get("item_repr", "id"), "SASRec")
     lines = [f"{'':36s} {'HR@10':>8s} {'NDCG@10':>8s} {'MRR@10':>8s}"]
