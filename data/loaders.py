@@ -109,8 +109,9 @@ def iter_text(path: Path, encoding: str = "utf-8") -> Iterator[tuple[int, str]]:
         except (OSError, EOFError, gzip.BadGzipFile) as e:
             raise DataError(f"{path}: cannot read the file ({e}); is the gzip file truncated?") from None
     if not last[1].endswith(b"\n"):
-        print(f"recalign: warning: {path}: no newline after the last line ({last[0]}); if the file was cut "
-              "short that line may be partial: compare the file's size with its source's", file=sys.stderr)
+        print(f"recalign: warning: {path}: no newline after the last line ({last[0]} lines read); if the "
+              "file was cut short that line may be partial: compare the file's size with its source's",
+              file=sys.stderr)
 
 
 def iter_lines(path: Path, encoding: str = "utf-8") -> Iterator[tuple[int, str]]:
@@ -302,17 +303,32 @@ def load_ml100k(input_dir: Path | None = None, interactions: Path | None = None,
     if interactions is None:
         folder = Path(input_dir)
         if (folder / "u.data").is_file():
-            return _ml100k_grouplens(folder / "u.data", _find(folder, ["u.item"], "items", "ml-100k"),
-                                     folder / "u.genre", folder / "u.user")
+            raw = _ml100k_grouplens(folder / "u.data", _find(folder, ["u.item"], "items", "ml-100k"),
+                                    folder / "u.genre", folder / "u.user")
+            _check_ml100k_count(raw, folder / "u.data")
+            return raw
         interactions = _find(folder, ["ml-100k.inter"], "interactions (ml-100k.inter or u.data)", "ml-100k")
         items = items or _find(folder, ["ml-100k.item"], "items", "ml-100k")
         users = users or folder / "ml-100k.user"
     if items is None:
         raise DataError("--dataset ml-100k with --interactions also needs --items")
     if Path(interactions).name.startswith("u.") or Path(interactions).suffix == ".data":
-        return _ml100k_grouplens(Path(interactions), Path(items), Path(items).with_name("u.genre"),
-                                 Path(users) if users else None)
-    return _ml100k_atomic(Path(interactions), Path(items), Path(users) if users else None)
+        raw = _ml100k_grouplens(Path(interactions), Path(items), Path(items).with_name("u.genre"),
+                                Path(users) if users else None)
+        _check_ml100k_count(raw, Path(interactions))
+        return raw
+    raw = _ml100k_atomic(Path(interactions), Path(items), Path(users) if users else None)
+    _check_ml100k_count(raw, Path(interactions))
+    return raw
+
+
+def _check_ml100k_count(raw: RawData, path: Path) -> None:
+    """ml-100k is exactly 100,000 ratings: any other count is a cut or edited copy, whose
+    last line may still parse (a cut timestamp silently reorders a user's sequence)."""
+    n = len(raw.interactions)
+    if n != 100_000:
+        print(f"recalign: warning: {path}: {n:,} ratings where ml-100k has 100,000; if this copy was cut "
+              "short, fetch it again (or use --dataset generic for an edited subset)", file=sys.stderr)
 
 
 def load_ml1m(input_dir: Path | None = None, interactions: Path | None = None,

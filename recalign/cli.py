@@ -465,27 +465,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from recalign.data.util import DataError
+    from recalign.errors import run_guarded
 
-    try:
-        return args.func(args) or 0
-    except (DataError, FileExistsError) as e:
-        if args.debug:
-            raise
-        print(f"recalign: error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        # outputs are made in temporary folders that are renamed only when complete
-        print("recalign: interrupted; no partial output was left (a pipeline resumes its SFT/RL "
-              "stages from their last checkpoint)", file=sys.stderr)
-        return 130
-    except Exception as e:  # one line, not a library's traceback; --debug shows it
-        if args.debug:
-            raise
-        first = (str(e).strip().splitlines() or [""])[0][:500]
-        print(f"recalign: error: {type(e).__name__}: {first} (run `recalign --debug ...` for the traceback)",
-              file=sys.stderr)
-        return 1
+    return run_guarded(lambda: args.func(args), debug=args.debug)
 
 
 if __name__ == "__main__":

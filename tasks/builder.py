@@ -457,6 +457,9 @@ def build_dataset(data: str | Path, teacher_dir: str | Path, tasks: str | list[s
     t0 = time.perf_counter()
     rows, b = build_rows(ds, teacher, specs, cfg)
     elapsed = time.perf_counter() - t0
+    if not any(rows.values()):
+        raise DataError(f"{data}: no rows for tasks {', '.join(s.id for s in specs)} (skipped: "
+                        f"{dict(b.skipped) or 'none'}); users need longer histories, or choose other tasks")
     with atomic_dir(out, overwrite=overwrite, inputs=inputs) as tmp:
         for split, split_rows in rows.items():
             with open(tmp / f"{split}.jsonl", "w", encoding="utf-8") as f:

@@ -919,4 +919,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from recalign.errors import run_guarded
+
+    sys.exit(run_guarded(main, prog="recalign.trainers.ppo"))

@@ -117,3 +117,25 @@ def test_content_teacher_and_coldstart_cli(tmp_path, capsys, monkeypatch):
     assert main(["teacher", "coldstart", "--data", str(data), "--out", str(tmp_path / "c2"), "--variants",
                  "id,text"]) == 2
     assert "--variants id,text: choose from id, content, hybrid" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("module", ["sft", "ppo", "grpo", "asft", "rlrf4rec"])
+def test_trainer_modules_print_one_line_errors(tmp_path, module):
+    """`accelerate launch -m recalign.trainers.<m>` runs the module's __main__: a config error must
+    read like the CLI's (one line, file/field named), with the traceback only on request."""
+    import os
+    import subprocess
+    import sys
+
+    args = ["--method", "rloo"] if module == "grpo" else []
+    cmd = [sys.executable, "-m", f"recalign.trainers.{module}", *args, "--data", str(tmp_path / "missing"),
+           "--output_dir", str(tmp_path / "out")]
+    env = {**os.environ, "RECALIGN_DEBUG": ""}
+    r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=120)
+    err = r.stderr.strip().splitlines()
+    assert r.returncode == 2, r.stderr
+    assert "Traceback" not in r.stderr and err[-1].startswith(f"recalign.trainers.{module}: error: ")
+    assert "missing" in err[-1]
+    r = subprocess.run(cmd, capture_output=True, text=True, env={**env, "RECALIGN_DEBUG": "1"}, timeout=120)
+    assert r.returncode != 0 and "Traceback" in r.stderr
+    assert not (tmp_path / "out").exists()

@@ -4,6 +4,7 @@ from __future__ import annotations
 import calendar
 import gzip
 import json
+import os
 from collections import Counter
 from datetime import date
 from pathlib import Path
@@ -473,10 +474,26 @@ def test_a_file_without_its_last_newline_is_reported(tmp_path, capsys):
     raw = load_raw("generic", d)
     assert len(raw.interactions) == 2
     err = capsys.readouterr().err
-    assert "interactions.csv: no newline after the last line (3)" in err
+    assert "interactions.csv: no newline after the last line (3 lines read)" in err
     generic_dir(tmp_path, "user,item,timestamp\nu,a,1\nu,b,88\n")
     load_raw("generic", d)
     assert "no newline" not in capsys.readouterr().err
+
+
+def test_a_cut_ml100k_is_reported_with_its_row_count(tmp_path, capsys):
+    """The issue's case: ml-100k.inter cut at 1 MB still parses (its last timestamp is cut to a
+    few digits), so the count is what gives it away."""
+    src = Path(os.environ["RECALIGN_ASSETS"]) / "ml-100k"
+    d = tmp_path / "cut"
+    write(d / "ml-100k.inter", (src / "ml-100k.inter").read_bytes()[:1_000_000])
+    write(d / "ml-100k.item", (src / "ml-100k.item").read_bytes())
+    raw = load_raw("ml-100k", d)
+    err = capsys.readouterr().err
+    n = len(raw.interactions)
+    assert 40_000 < n < 60_000
+    assert f"{n:,} ratings where ml-100k has 100,000" in err and "no newline after the last line" in err
+    load_raw("ml-100k", src)
+    assert "ratings where" not in capsys.readouterr().err
 
 
 def test_bad_rating_atomic(tmp_path):
