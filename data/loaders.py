@@ -31,6 +31,7 @@ from datetime import date, datetime, timezone
 from pathlib import Path
 from typing import Callable, Iterator
 
+import numpy as np
 import pandas as pd
 
 from .util import DataError, suggest
@@ -813,6 +814,10 @@ class _Fields:
         self._opt = {tuple(columns): {n: _resolve(path, columns, line, n, False, self.mapping, flag)
                                       for n in optional}}
 
+    def column(self, name: str) -> str | None:
+        """The header's column for an optional field (CSV/TSV only), or None."""
+        return next(iter(self._opt.values()))[name]
+
     def opt(self, rec: dict, name: str):
         """The optional field's value, or None when the record has no such column."""
         cols = next(iter(self._opt.values())) if self.fixed else self._opt.get(tuple(rec))
@@ -892,6 +897,94 @@ def _seconds(times: list[int], lines: list[int], path: Path, key: str, notes: li
     return [t // 1000 for t in times]
 
 
+def _line_interactions(path: Path, rows, fields: "_Fields", notes: list[str]) -> pd.DataFrame:
+    """The line-by-line reader: every field checked, every error names its line."""
+    key, interactions = fields.key, path
+    cols: dict[str, list] = {"user": [], "item": [], "timestamp": [], "rating": [], "line": []}
+    for ln, rec in rows:
+        cols["user"].append(_id_value(_get(rec, key["user"], interactions, ln, "user"),
+                                      key["user"], interactions, ln))
+        cols["item"].append(_id_value(_get(rec, key["item"], interactions, ln, "item"),
+                                      key["item"], interactions, ln))
+        cols["timestamp"].append(_int_time(_get(rec, key["timestamp"], interactions, ln, "timestamp"),
+                                           interactions, ln, key["timestamp"], iso=True))
+        cols["rating"].append(_rating(fields.opt(rec, "rating"), interactions, ln, "rating"))
+        cols["line"].append(ln)
+    cols["timestamp"] = _seconds(cols["timestamp"], cols["line"], interactions, key["timestamp"], notes)
+    return _columns_frame(cols, interactions)
+
+
+def _arrow_interactions(path: Path, header: list[str], header_ln: int, key: dict[str, str],
+                        rating: str | None, notes: list[str]) -> pd.DataFrame | None:
+    """A plain CSV/TSV log read by pyarrow's block reader straight into columns, with user and
+    item ids dictionary-encoded (pandas categoricals).
+
+    Why pyarrow: it is already installed (``datasets`` needs it), reads in parallel blocks
+    into compact buffers (a 10M-row log is ~0.3 GB of columns instead of ~3 GB of Python
+    strings and ints) and needs no second engine (DuckDB) beside pandas. It is also far less
+    careful than the line reader, so anything that reader would treat differently or reject
+    (blank or short lines, quoted newlines, ids with spaces, non-integer or out-of-range
+    times, non-finite ratings, bad UTF-8, gzip) returns None and the line reader reads the
+    file again: it names the exact line and field.
+    """
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.csv as pacsv
+
+    if path.name.lower().endswith(".gz") or header_ln != 1:
+        return None
+    wanted = [key["user"], key["item"], key["timestamp"]] + ([rating] if rating else [])
+    types = {key["user"]: pa.string(), key["item"]: pa.string(), key["timestamp"]: pa.int64()}
+    if rating:
+        types[rating] = pa.float64()
+    try:
+        t = pacsv.read_csv(path, read_options=pacsv.ReadOptions(column_names=header, skip_rows=1,
+                                                                 block_size=1 << 24),
+                           parse_options=pacsv.ParseOptions(delimiter=_table_kind(path), ignore_empty_lines=False),
+                           convert_options=pacsv.ConvertOptions(column_types=types, include_columns=wanted,
+                                                                null_values=[""]))
+    except (pa.ArrowException, OSError, ValueError):
+        return None
+    if t.num_rows == 0:
+        return None
+    for name in (key["user"], key["item"]):
+        col = t[name]
+        if col.null_count or pc.any(pc.match_substring_regex(col, r"^\s|\s$|^$|[\r\n]")).as_py():
+            return None
+    ts = t[key["timestamp"]]
+    if ts.null_count:
+        return None
+    ts = ts.to_numpy()
+    ms = ts >= MS_THRESHOLD
+    if ms.any():
+        if not ms.all():
+            return None                   # mixed units: the line reader names the odd line
+        notes.append(f"{path.name}: timestamps read as milliseconds (all >= {MS_THRESHOLD:.0e})")
+        ts = ts // 1000
+    if rating:
+        col = t[rating].combine_chunks()
+        r = col.to_numpy(zero_copy_only=False)     # nulls (empty fields: no rating) become NaN
+        v = r[col.is_valid().to_numpy(zero_copy_only=False)] if col.null_count else r
+        if not np.isfinite(v).all() or (np.abs(v) > 3.4e38).any():    # "nan", "inf" written out
+            return None
+    else:
+        r = np.full(t.num_rows, np.nan)
+    with open(path, "rb") as f:
+        f.seek(-1, os.SEEK_END)
+        if f.read(1) != b"\n":
+            print(f"recalign: warning: {path}: no newline after the last line ({t.num_rows + 1} lines read); "
+                  "if the file was cut short that line may be partial: compare the file's size with its "
+                  "source's", file=sys.stderr)
+
+    def ids(col) -> pd.Categorical:
+        enc = pc.dictionary_encode(col.combine_chunks())
+        return pd.Categorical.from_codes(enc.indices.to_numpy(), pd.Index(enc.dictionary.to_pylist(), dtype=object))
+
+    return pd.DataFrame({"user": ids(t[key["user"]]), "item": ids(t[key["item"]]), "timestamp": ts.astype(np.int64),
+                         "rating": r.astype(np.float64),
+                         "line": np.arange(header_ln + 1, header_ln + 1 + t.num_rows, dtype=np.int64)})
+
+
 def load_generic(input_dir: Path | None = None, interactions: Path | None = None,
                  items: Path | None = None, users: Path | None = None, columns: str | dict | None = None,
                  item_columns: str | dict | None = None, category_sep: str = "|") -> RawData:
@@ -917,19 +1010,13 @@ def load_generic(input_dir: Path | None = None, interactions: Path | None = None
     header, line, rows = _read_table(interactions)
     fields = _Fields(interactions, header, line, ("user", "item", "timestamp"), ("rating",), cmap, "--columns")
     key = fields.key
-    cols: dict[str, list] = {"user": [], "item": [], "timestamp": [], "rating": [], "line": []}
-    for ln, rec in rows:
-        cols["user"].append(_id_value(_get(rec, key["user"], interactions, ln, "user"),
-                                      key["user"], interactions, ln))
-        cols["item"].append(_id_value(_get(rec, key["item"], interactions, ln, "item"),
-                                      key["item"], interactions, ln))
-        cols["timestamp"].append(_int_time(_get(rec, key["timestamp"], interactions, ln, "timestamp"),
-                                           interactions, ln, key["timestamp"], iso=True))
-        cols["rating"].append(_rating(fields.opt(rec, "rating"), interactions, ln, "rating"))
-        cols["line"].append(ln)
     notes: list[str] = []
-    cols["timestamp"] = _seconds(cols["timestamp"], cols["line"], interactions, key["timestamp"], notes)
-    inter_df = _columns_frame(cols, interactions)
+    inter_df = None
+    if fields.fixed:
+        inter_df = _arrow_interactions(interactions, header, line, key, fields.column("rating"), notes)
+    if inter_df is None:
+        inter_df = _line_interactions(interactions, rows, fields, notes)
+    del rows
 
     header, line, rows = _read_table(items)
     fields = _Fields(items, header, line, ("item", "title"), ("categories", "year"), imap, "--item-columns")

@@ -98,17 +98,29 @@ def _categories(items: pd.DataFrame, raw: RawData, opts_depth: int | None) -> li
     return per_item
 
 
-def _k_core(df: pd.DataFrame, user_core: int, item_core: int) -> pd.DataFrame:
+def _codes(col: pd.Series) -> pd.Categorical:
+    """Ids as a categorical of strings (the fast CSV reader already gives one)."""
+    if isinstance(col.dtype, pd.CategoricalDtype):
+        cat = col.array
+        if all(isinstance(c, str) for c in cat.categories[:1]):
+            return cat
+        return cat.rename_categories([str(c) for c in cat.categories])
+    return pd.Categorical(col.astype(str))
+
+
+def _k_core(sel: np.ndarray, u: np.ndarray, it: np.ndarray, user_core: int, item_core: int) -> np.ndarray:
+    """Rows (indices into u/it, order kept) left when every item has >= item_core rows and every
+    user >= user_core, items filtered first, repeated until nothing changes."""
     while True:
-        before = len(df)
+        before = len(sel)
         if item_core > 1:
-            n = df.groupby("item")["user"].transform("size")
-            df = df[n >= item_core]
+            n = np.bincount(it[sel])
+            sel = sel[n[it[sel]] >= item_core]
         if user_core > 1:
-            n = df.groupby("user")["item"].transform("size")
-            df = df[n >= user_core]
-        if len(df) == before:
-            return df
+            n = np.bincount(u[sel])
+            sel = sel[n[u[sel]] >= user_core]
+        if len(sel) == before:
+            return sel
 
 
 def _sort_ids(ids) -> list[str]:
@@ -138,38 +150,45 @@ def prepare(raw: RawData, opts: PrepareOptions) -> dict[str, pd.DataFrame | dict
         stats["items_without_category"] = int((~has).sum())
         items = items[has]
 
-    inter = raw.interactions.copy()
-    inter["user"] = inter["user"].astype(str)
-    inter["item"] = inter["item"].astype(str)
+    # Interactions are filtered and ordered on integer codes (one int32 per id, not a Python
+    # string per row): a 10M-row log stays at a few hundred MB here.
+    inter = raw.interactions
+    user, item = _codes(inter["user"]), _codes(inter["item"])
+    u, it = user.codes.astype(np.int64), item.codes.astype(np.int64)
+    ts = inter["timestamp"].to_numpy(dtype=np.int64)
+    line = inter["line"].to_numpy(dtype=np.int64)
+    rating = inter["rating"].to_numpy(dtype=np.float64)
+    item_names = pd.Index(item.categories, dtype=object)
     if raw.unknown_items == "error":
-        unknown = ~inter["item"].isin(set(raw.items["item"].astype(str)))
+        unknown = ~item_names.isin(set(raw.items["item"].astype(str)))
         if unknown.any():
-            first = inter[unknown].iloc[0]
+            first = int(np.flatnonzero(unknown[it])[0])
             src = raw.files[0] if raw.files else "interactions"
-            raise DataError(f"{src}:{int(first['line'])}: item id {first['item']!r} is not in the item "
+            raise DataError(f"{src}:{int(line[first])}: item id {item_names[it[first]]!r} is not in the item "
                             f"table ({raw.files[1] if len(raw.files) > 1 else 'items'}); fix the id or "
                             "add the item")
-    known = inter["item"].isin(set(items["item"]))
-    if not known.all():
-        stats["interactions_unknown_or_dropped_item"] = int((~known).sum())
-        inter = inter[known]
+    keep = item_names.isin(set(items["item"]))[it]
+    if not keep.all():
+        stats["interactions_unknown_or_dropped_item"] = int((~keep).sum())
     if opts.min_rating is not None:
-        if inter["rating"].isna().all():
+        if np.isnan(rating).all():
             raise DataError(f"--min-rating {opts.min_rating}: dataset {opts.dataset!r} has no ratings")
-        inter = inter[inter["rating"] >= opts.min_rating]
-    inter = inter.sort_values(["user", "timestamp", "line"], kind="stable")
+        keep &= rating >= opts.min_rating
+    sel = np.flatnonzero(keep)
+    sel = sel[np.lexsort((line[sel], ts[sel], u[sel]))]       # by user, time, then file order
     if opts.dedupe:
-        before = len(inter)
-        inter = inter.drop_duplicates(["user", "item"], keep="first")
-        stats["duplicate_interactions_dropped"] = before - len(inter)
-    inter = _k_core(inter, max(opts.user_core, MIN_SEQUENCE), opts.item_core)
-    if inter.empty:
+        pair = u[sel] * len(item_names) + it[sel]
+        _, first = np.unique(pair, return_index=True)
+        stats["duplicate_interactions_dropped"] = len(sel) - len(first)
+        sel = sel[np.sort(first)]
+    sel = _k_core(sel, u, it, max(opts.user_core, MIN_SEQUENCE), opts.item_core)
+    if len(sel) == 0:
         raise DataError("no interactions left after filtering (rating threshold / k-core / "
                         f"users with >= {MIN_SEQUENCE} items); loosen --min-rating, --user-core, --item-core")
 
-    items = items[items["item"].isin(set(inter["item"]))]
+    used_items = item_names[np.unique(it[sel])]
+    items = items[items["item"].isin(set(used_items))]
     item_ids = _sort_ids(items["item"])
-    item_idx = {iid: i + 1 for i, iid in enumerate(item_ids)}
     items = items.set_index("item").loc[item_ids].reset_index()
     years = [None if (y is None or (isinstance(y, float) and np.isnan(y))) else str(y) for y in items["year"]]
     titles = unique_titles(list(items["title"]), years, item_ids)
@@ -182,22 +201,30 @@ def prepare(raw: RawData, opts: PrepareOptions) -> dict[str, pd.DataFrame | dict
         "year": years,
     })
 
-    user_ids = _sort_ids(inter["user"].unique())
-    user_idx = {u: i for i, u in enumerate(user_ids)}
-    inter = inter.assign(user_idx=inter["user"].map(user_idx).astype(np.int64),
-                         item_idx=inter["item"].map(item_idx).astype(np.int64))
-    inter = inter.sort_values(["user_idx", "timestamp", "line"], kind="stable")
-    inter["position"] = inter.groupby("user_idx").cumcount().astype(np.int64)
-    inter_out = inter[["user_idx", "item_idx", "timestamp", "rating", "position"]].reset_index(drop=True)
-    inter_out["timestamp"] = inter_out["timestamp"].astype(np.int64)
-    inter_out["rating"] = inter_out["rating"].astype(np.float32)
+    user_names = pd.Index(user.categories, dtype=object)
+    used_users = np.unique(u[sel])
+    user_ids = _sort_ids(user_names[used_users])
+    user_of = np.full(len(user_names), -1, dtype=np.int64)       # code -> user_idx
+    user_of[pd.Index(user_names).get_indexer(user_ids)] = np.arange(len(user_ids))
+    item_of = np.full(len(item_names), -1, dtype=np.int64)       # code -> item_idx
+    item_of[item_names.get_indexer(item_ids)] = np.arange(1, len(item_ids) + 1)
+    uidx = user_of[u[sel]]
+    sel = sel[np.lexsort((line[sel], ts[sel], uidx))]
+    uidx = user_of[u[sel]]
+    starts = np.flatnonzero(np.r_[True, uidx[1:] != uidx[:-1]])
+    lengths = np.diff(np.r_[starts, len(sel)])
+    position = np.arange(len(sel)) - np.repeat(starts, lengths)
+    inter_out = pd.DataFrame({"user_idx": uidx, "item_idx": item_of[it[sel]], "timestamp": ts[sel],
+                              "rating": rating[sel].astype(np.float32), "position": position.astype(np.int64)})
 
-    g = inter_out.groupby("user_idx", sort=True)
+    def per_user(values: np.ndarray) -> list[np.ndarray]:
+        return np.split(values, starts[1:])
+
     seqs = pd.DataFrame({
         "user_idx": np.arange(len(user_ids), dtype=np.int64),
-        "items": g["item_idx"].agg(list).to_list(),
-        "timestamps": g["timestamp"].agg(list).to_list(),
-        "ratings": g["rating"].agg(list).to_list(),
+        "items": per_user(inter_out["item_idx"].to_numpy()),
+        "timestamps": per_user(inter_out["timestamp"].to_numpy()),
+        "ratings": per_user(inter_out["rating"].to_numpy().astype(np.float64)),
     })
     users_out = pd.DataFrame({"user_idx": np.arange(len(user_ids), dtype=np.int64), "user_id": user_ids})
     if raw.users is not None:
