@@ -14,7 +14,7 @@ import zlib
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import numpy as np
 from tqdm.auto import tqdm
@@ -73,10 +73,11 @@ class Builder:
     def rng(self, spec: TaskSpec, split: str, epoch: int) -> np.random.Generator:
         return np.random.default_rng([self.cfg.seed, epoch, SPLITS.index(split), zlib.crc32(spec.task.encode())])
 
-    def contexts(self, spec: TaskSpec, split: str, rng: np.random.Generator) -> list[Context]:
+    def contexts(self, spec: TaskSpec, split: str, rng: np.random.Generator,
+                 users: np.ndarray | None = None) -> list[Context]:
         w = spec.history_window
         out = []
-        for u in self.users:
+        for u in self.users if users is None else users:
             s = self.ds.sequences[u]
             if split == "train":
                 tr = s[:-2]
@@ -195,8 +196,8 @@ class Builder:
 
     # ----------------------------------------------------------------- label rules
 
-    def sequential(self, spec, split, epoch, rng) -> list[dict]:
-        ctx = self.contexts(spec, split, rng)
+    def sequential(self, spec, split, epoch, rng, users=None) -> list[dict]:
+        ctx = self.contexts(spec, split, rng, users)
         counts = [self.item_count(spec, split, rng) for _ in ctx]
         k = max(max(counts, default=1) - 1, 1)
         top = self.teacher.topk([c.history for c in ctx], k=k, exclude=[[c.target] for c in ctx])
@@ -225,9 +226,9 @@ class Builder:
         top = self.teacher.topk([c.history for c in ctx], k=10)
         self._teacher_top10 = {c.user: list(map(int, t)) for c, t in zip(ctx, top)}
 
-    def _with_categories(self, spec, split, rng, eligible: np.ndarray):
+    def _with_categories(self, spec, split, rng, eligible: np.ndarray, users=None):
         """(context, category) for each user whose split rule yields a category."""
-        ctx = self.contexts(spec, split, rng)
+        ctx = self.contexts(spec, split, rng, users)
         if (spec.train_category if split == "train" else spec.test_category) == "teacher_frequent":
             self._teacher_top10_for(ctx)
         for c in ctx:
@@ -237,9 +238,9 @@ class Builder:
             else:
                 yield c, cat
 
-    def category_control(self, spec, split, epoch, rng) -> list[dict]:
+    def category_control(self, spec, split, epoch, rng, users=None) -> list[dict]:
         plan = []
-        for c, cat in self._with_categories(spec, split, rng, self.eligible(spec)):
+        for c, cat in self._with_categories(spec, split, rng, self.eligible(spec), users):
             mask = self.cat.category_mask(cat)
             size = int(self.cat_sizes[self.cat.category_index(cat)])
             in_hist = int(mask[c.history].sum())
@@ -269,12 +270,12 @@ class Builder:
                                               "category": cat, "direction": spec.direction}))
         return rows
 
-    def proportion_control(self, spec, split, epoch, rng) -> list[dict]:
+    def proportion_control(self, spec, split, epoch, rng, users=None) -> list[dict]:
         m_max = spec.item_count_eval if split != "train" else spec.item_count_train[1]
         eligible = self.eligible(spec, min_outside=m_max + spec.history_window)
         eligible = eligible[self.cat_sizes[eligible] >= m_max + spec.history_window]
         plan = []
-        for c, cat in self._with_categories(spec, split, rng, eligible):
+        for c, cat in self._with_categories(spec, split, rng, eligible, users):
             m = self.item_count(spec, split, rng)
             p = float(rng.choice(spec.proportions)) if split == "train" else float(spec.test_proportion)
             plan.append((c, cat, m, p, int(round(p * m))))
@@ -301,10 +302,10 @@ class Builder:
                                               "proportion": p, "n": n}))
         return rows
 
-    def item_search(self, spec, split, epoch, rng) -> list[dict]:
+    def item_search(self, spec, split, epoch, rng, users=None) -> list[dict]:
         eligible = self.eligible(spec, min_outside=spec.min_category_size)
         rows = []
-        for _ in self.users:
+        for _ in self.users if users is None else users:
             cat = self.cat.categories[int(rng.choice(eligible))]
             direction = "+" if rng.random() < 0.5 else "-"
             pool = self._search_pool(cat, direction)
@@ -329,10 +330,10 @@ class Builder:
             self._pools[key] = pool[np.argsort(-self.popularity[pool], kind="stable")][:100]
         return self._pools[key]
 
-    def category_qa(self, spec, split, epoch, rng) -> list[dict]:
+    def category_qa(self, spec, split, epoch, rng, users=None) -> list[dict]:
         with_cat = [i for i in range(1, self.cat.n_items + 1) if self.cat.item_categories[i]]
         rows = []
-        for _ in self.users:
+        for _ in self.users if users is None else users:
             item = int(with_cat[int(rng.integers(0, len(with_cat)))])
             title, cat = self.cat.titles[item], self.cat.item_categories[item][-1]
             answer = self.render.render(spec.answer_template, task=spec.task, title=title, category=cat)
@@ -411,27 +412,68 @@ def load_sharegpt(path: str | Path) -> list[list[dict]]:
     return out
 
 
-def build_rows(ds: RecDataset, teacher, specs: list[TaskSpec], cfg: BuildConfig,
-               progress: bool = True) -> tuple[dict[str, list[dict]], Builder]:
-    """All rows per split, in a fixed order: epoch, then task, then user."""
-    b = Builder(ds, teacher, cfg)
+# Users per batch of rows: rows are made, written and dropped a batch at a time, so memory
+# does not grow with the user count. Draws follow the batches, so this is fixed (not a knob)
+# to keep a seed's rows the same everywhere; a dataset of up to this many users is one batch.
+USER_CHUNK = 8192
+
+
+def _jobs(specs: list[TaskSpec], cfg: BuildConfig) -> list[tuple[str, int, TaskSpec]]:
+    """(split, epoch, spec) in build order: split, then epoch, then task (chat last: it counts the others)."""
+    return [(split, epoch, spec) for split in SPLITS for epoch in (range(cfg.epochs) if split == "train" else [0])
+            for spec in sorted(specs, key=lambda s: s.builder == "chat") if split in spec.splits]
+
+
+def iter_rows(b: Builder, specs: list[TaskSpec], progress: bool = True) -> Iterator[tuple[str, list[dict]]]:
+    """(split, rows) batches in a fixed order: split, epoch, task, then users in batches of
+    ``USER_CHUNK``; all rows of one split come before the next split's."""
     rules: dict[str, Callable] = {"sequential": b.sequential, "category_control": b.category_control,
                                   "proportion_control": b.proportion_control,
                                   "item_search": b.item_search, "category_qa": b.category_qa}
-    out: dict[str, list[dict]] = {s: [] for s in SPLITS}
-    jobs = [(split, epoch, spec) for split in SPLITS for epoch in (range(cfg.epochs) if split == "train" else [0])
-            for spec in sorted(specs, key=lambda s: s.builder == "chat")  # chat counts the others
-            if split in spec.splits]
-    bar = tqdm(jobs, desc="building", disable=not progress, mininterval=1.0)
-    for split, epoch, spec in bar:
+    jobs = _jobs(specs, b.cfg)
+    chunks = [b.users[i:i + USER_CHUNK] for i in range(0, len(b.users), USER_CHUNK)] or [b.users]
+    n_rec: Counter = Counter()         # (split, epoch) -> rows of the recommendation tasks (I4's ratio)
+    bar = tqdm(total=sum(1 if s.builder == "chat" else len(chunks) for *_, s in jobs), desc="building",
+               unit="batch", disable=not progress, mininterval=1.0)
+    for split, epoch, spec in jobs:
         bar.set_postfix_str(f"{split} {spec.task} epoch {epoch}")
         rng = b.rng(spec, split, epoch)
         if spec.builder == "chat":
-            n_rec = sum(1 for r in out[split] if r["epoch"] == epoch and r["task"] != spec.task)
-            out[split].extend(b.chat(spec, split, epoch, rng, n_rec))
-        else:
-            out[split].extend(rules[spec.builder](spec, split, epoch, rng))
+            yield split, b.chat(spec, split, epoch, rng, n_rec[split, epoch])
+            bar.update()
+            continue
+        for users in chunks:
+            rows = rules[spec.builder](spec, split, epoch, rng, users)
+            n_rec[split, epoch] += len(rows)
+            yield split, rows
+            bar.update()
+    bar.close()
+
+
+def build_rows(ds: RecDataset, teacher, specs: list[TaskSpec], cfg: BuildConfig,
+               progress: bool = True) -> tuple[dict[str, list[dict]], Builder]:
+    """All rows per split in memory (tests, benchmarks; ``build_dataset`` streams them)."""
+    b = Builder(ds, teacher, cfg)
+    out: dict[str, list[dict]] = {s: [] for s in SPLITS}
+    for split, rows in iter_rows(b, specs, progress):
+        out[split].extend(rows)
     return out, b
+
+
+def row_features():
+    """The Arrow schema of a row (``Builder.row``), fixed so that batches written one at a time
+    agree (inferring it per batch would type an all-None column as null)."""
+    from datasets import Features, List, Value
+
+    msgs = List({"role": Value("string"), "content": Value("string")})
+    return Features({
+        "prompt": msgs, "completion": msgs, "task": Value("string"), "rule": Value("string"),
+        "task_version": Value("int64"), "split": Value("string"), "epoch": Value("int64"),
+        "user_id": Value("string"), "history": List(Value("int64")), "target": Value("int64"),
+        "item_count": Value("int64"), "category": Value("string"), "direction": Value("string"),
+        "n": Value("int64"), "proportion": Value("float64"), "label": List(Value("int64")),
+        "paraphrase": Value("int64"),
+    })
 
 
 def build_dataset(data: str | Path, teacher_dir: str | Path, tasks: str | list[str], out: str | Path,
@@ -455,19 +497,42 @@ def build_dataset(data: str | Path, teacher_dir: str | Path, tasks: str | list[s
     ds = RecDataset.load(data)
     teacher = Teacher.load(teacher_dir, data=ds)
     t0 = time.perf_counter()
-    rows, b = build_rows(ds, teacher, specs, cfg)
-    elapsed = time.perf_counter() - t0
-    if not any(rows.values()):
-        raise DataError(f"{data}: no rows for tasks {', '.join(s.id for s in specs)} (skipped: "
-                        f"{dict(b.skipped) or 'none'}); users need longer histories, or choose other tasks")
+    b = Builder(ds, teacher, cfg)
+    tally: dict[str, Counter] = {s: Counter() for s in SPLITS}
     with atomic_dir(out, overwrite=overwrite, inputs=inputs) as tmp:
-        for split, split_rows in rows.items():
-            with open(tmp / f"{split}.jsonl", "w", encoding="utf-8") as f:
-                for r in split_rows:
-                    f.write(json.dumps(r, ensure_ascii=False) + "\n")
-        dd = datasets.DatasetDict({s: datasets.Dataset.from_list(r) for s, r in rows.items() if r})
+        # rows go to JSONL and Arrow a batch at a time (nothing holds all rows), then the
+        # Arrow files become the saved DatasetDict
+        from datasets.arrow_writer import ArrowWriter
+
+        features = row_features()
+        files = {s: open(tmp / f"{s}.jsonl", "w", encoding="utf-8") for s in SPLITS}
+        writers: dict[str, ArrowWriter] = {}
+        try:
+            for split, batch in iter_rows(b, specs):
+                if not batch:
+                    continue
+                files[split].writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in batch)
+                if split not in writers:
+                    writers[split] = ArrowWriter(features=features, path=str(tmp / f".{split}.arrow"))
+                writers[split].write_batch({k: [r[k] for r in batch] for k in features})
+                tally[split].update(r["task"] for r in batch)
+        finally:
+            for f in files.values():
+                f.close()
+            for w in writers.values():
+                w.finalize()
+                w.close()
+        elapsed = time.perf_counter() - t0
+        n_rows = sum(sum(c.values()) for c in tally.values())
+        if not n_rows:
+            raise DataError(f"{data}: no rows for tasks {', '.join(s.id for s in specs)} (skipped: "
+                            f"{dict(b.skipped) or 'none'}); users need longer histories, or choose other tasks")
+        dd = datasets.DatasetDict({s: datasets.Dataset.from_file(str(tmp / f".{s}.arrow")) for s in writers})
         dd.save_to_disk(str(tmp / "dataset"))
-        counts = {s: dict(sorted(Counter(r["task"] for r in rs).items())) for s, rs in rows.items()}
+        del dd
+        for s in writers:
+            (tmp / f".{s}.arrow").unlink()
+        counts = {s: dict(sorted(tally[s].items())) for s in SPLITS}
         inputs = {"sequences": ds.fingerprint(), "teacher": sha256_file(Path(teacher_dir) / "model.safetensors")}
         if cfg.sharegpt:
             inputs["sharegpt"] = sha256_file(cfg.sharegpt)
@@ -485,8 +550,7 @@ def build_dataset(data: str | Path, teacher_dir: str | Path, tasks: str | list[s
                            "data": card_relative(data, out), "teacher": card_relative(teacher_dir, out)},
             made_at={"data": str(Path(data).resolve()), "teacher": str(Path(teacher_dir).resolve())},
             seed=cfg.seed, inputs=inputs, counts=counts,
-            rows_total=sum(len(r) for r in rows.values()),
-            rows_per_second=round(sum(len(r) for r in rows.values()) / max(elapsed, 1e-9), 1),
+            rows_total=n_rows, rows_per_second=round(n_rows / max(elapsed, 1e-9), 1),
             skipped=dict(b.skipped), test_category_rules=test_rules, notes=notes,
             specs={s.task: {k: v for k, v in s.__dict__.items() if k != "path"} for s in specs}))
     return Path(out)

@@ -83,12 +83,16 @@ class Teacher:
         return torch.cat(out) if out else torch.zeros(0, self.n_items + 1)
 
     def _cat_masks(self, cats: Sequence[str | None], none_means: bool = True) -> torch.Tensor:
-        """[B, N+1] membership masks; a None category is all-True (``none_means``) or all-False."""
+        """[B, N+1] membership masks; a None category is all-True (``none_means``) or all-False.
+        Built by gathering rows of a small stack of the batch's distinct categories (a batch
+        names a few dozen at most), not by stacking one numpy mask per row."""
         if self.catalog is None:
             raise DataError("category filters need the catalog: Teacher.load(path, data=DATASET_DIR)")
+        slot = {c: i for i, c in enumerate(dict.fromkeys(cats))}
         fill = np.full(self.n_items + 1, none_means, dtype=bool)
-        return torch.from_numpy(np.stack([self.catalog.category_mask(c) if c is not None else fill
-                                          for c in cats]))
+        stack = torch.from_numpy(np.stack([self.catalog.category_mask(c) if c is not None else fill
+                                           for c in slot]))
+        return stack[torch.tensor([slot[c] for c in cats], dtype=torch.long)]
 
     def topk(self, histories: Sequence[Sequence[int]], k: int, exclude_history: bool = True,
              exclude: Sequence[Sequence[int]] | None = None, include: CategoryArg = None,
@@ -118,19 +122,31 @@ class Teacher:
                     raise ValueError(f"got {len(q[key])} categories for {n} histories")
             per_row.append(q)
         out: list[list[np.ndarray]] = [[] for _ in queries]
+        # Two [batch, N+1] buffers reused across batches: a fresh 40 MB tensor per batch costs
+        # as much in page faults as the matmul that fills it (measured at 20k items).
+        rows = min(n, self.batch_size)
+        base_buf = torch.empty(rows, self.n_items + 1)
+        work_buf = torch.empty(rows, self.n_items + 1) if len(per_row) > 1 else None
+        items = self.model.output_vectors()
         for i in range(0, n, self.batch_size):
             hb = histories[i:i + self.batch_size]
-            base = self.item_scores(hb)
+            h = self.model.user_vectors(self.model(left_pad(hb, self.model.cfg.max_len, trim=True))[:, -1])
+            base = torch.mm(h, items.T, out=base_buf[:len(hb)])
+            base[:, 0] = float("-inf")                                  # padding, as item_logits does
             for qi, q in enumerate(per_row):
-                s = base.clone()
+                # every query but the last works on a copy; the last may spoil the base
+                s = work_buf[:len(hb)].copy_(base) if qi < len(per_row) - 1 else base
                 if q["exclude_history"]:
                     _mask_items(s, hb)
                 if q["exclude"] is not None:
                     _mask_items(s, q["exclude"][i:i + self.batch_size])
+                # masked_fill_ is one pass; s[mask] = -inf first lists the mask's true cells
                 if q["include"] is not None:
-                    s[~self._cat_masks(q["include"][i:i + self.batch_size])] = float("-inf")
+                    s.masked_fill_(self._cat_masks(q["include"][i:i + self.batch_size]).logical_not_(),
+                                   float("-inf"))
                 if q["exclude_category"] is not None:
-                    s[self._cat_masks(q["exclude_category"][i:i + self.batch_size], none_means=False)] = float("-inf")
+                    s.masked_fill_(self._cat_masks(q["exclude_category"][i:i + self.batch_size], none_means=False),
+                                   float("-inf"))
                 vals, idx = s.topk(min(k, s.shape[1]), dim=1)
                 finite, idx = torch.isfinite(vals).numpy(), idx.numpy()
                 out[qi].extend(row[ok] for row, ok in zip(idx, finite))

@@ -168,6 +168,34 @@ def test_epochs_differ_and_seed_is_reproducible(ml100k_dir, tmp_path, ds):
     assert any("teacher's I0 top-10" in n for n in card["notes"])
 
 
+def test_streamed_build_equals_rows_in_memory_and_batches_are_fixed(ml100k_dir, tmp_path, ds, monkeypatch):
+    """build_dataset writes rows a user batch at a time: its JSONL and Arrow rows are exactly
+    build_rows' rows, with one batch or many; the batch size changes the draws (so it is a
+    constant, not a setting), never the rules."""
+    import datasets
+
+    from recalign.tasks import builder as builder_mod
+
+    tdir = untrained_teacher_dir(ds, tmp_path / "t", seed=1)
+    cfg = dict(max_users=30, seed=3, sharegpt=str(FIXTURES / "sharegpt/chat.json"), chat_ratio=0.1)
+    specs = resolve_tasks("I0,I1,I2,I3,I4", load_specs())
+    full = builder_mod.USER_CHUNK
+    for chunk in (full, 7):
+        monkeypatch.setattr(builder_mod, "USER_CHUNK", chunk)
+        out = build_dataset(ml100k_dir, tdir, "I0,I1,I2,I3,I4", tmp_path / f"b{chunk}", BuildConfig(**cfg))
+        mem, _ = build_rows(ds, Teacher.load(tdir, data=ds), specs, BuildConfig(**cfg), progress=False)
+        dd = datasets.load_from_disk(str(out / "dataset"))
+        for split in ("train", "valid", "test"):
+            lines = [json.loads(x) for x in (out / f"{split}.jsonl").read_text().splitlines()]
+            assert lines == json.loads(json.dumps(mem[split])) and len(lines) > 0
+            assert dd[split].to_list() == lines          # Arrow rows: same values, None kept as None
+        card = json.loads((out / "card.json").read_text())
+        assert card["rows_total"] == sum(len(r) for r in mem.values())
+        assert card["counts"]["train"]["I4"] == round(0.1 * sum(1 for r in mem["train"] if r["task"] != "I4"))
+    one = (tmp_path / f"b{full}" / "train.jsonl").read_text()
+    assert one != (tmp_path / "b7" / "train.jsonl").read_text()
+
+
 # ----------------------------------------------------------------------------- specs and templates
 
 SAMPLE_VARS = dict(history=["Heat", "Se7en"], item_count=5, category="Drama", proportion=0.3, n=3,
