@@ -288,6 +288,24 @@ def _sets(items, example: str, nested: bool = False) -> dict:
     return out
 
 
+# method -> (module under recalign.trainers, extra leading flags)
+TRAINERS = {"sft": ("sft", []), "ppo": ("ppo", []), "grpo": ("grpo", ["--method", "grpo"]),
+            "rloo": ("grpo", ["--method", "rloo"]), "asft": ("asft", []), "dpo-loop": ("rlrf4rec", [])}
+
+
+def cmd_train(args) -> int:
+    """``recalign train sft --data ... --output_dir ...`` = ``python -m recalign.trainers.sft ...``."""
+    import importlib
+
+    module, lead = TRAINERS[args.method]
+    rest = list(args.args)
+    if rest[:1] == ["--"]:
+        rest = rest[1:]
+    main = importlib.import_module(f"recalign.trainers.{module}").main
+    sys.argv = [f"recalign train {args.method}", *lead, *rest]     # TrlParser's usage line and --help
+    return main([*lead, *rest])
+
+
 def cmd_rlrf4rec(args) -> int:
     import yaml
 
@@ -456,6 +474,14 @@ def build_parser() -> argparse.ArgumentParser:
     pl.add_argument("--set", action="append", metavar="KEY=VALUE",
                     help="override a recipe value, e.g. --set model=tiny-random --set sft.max_steps=5")
     pl.set_defaults(func=cmd_pipeline)
+    tr = sub.add_parser("train", help="train one method: sft, ppo, grpo, rloo, asft, dpo-loop (TRL-style flags)",
+                        description="The trainer modules behind one command; each also runs as "
+                                    "`accelerate launch -m recalign.trainers.<module>`. Flags are the "
+                                    "method's config fields (`recalign train sft --help`), with --config "
+                                    "YAML as in TRL.")
+    tr.add_argument("method", choices=sorted(TRAINERS))
+    tr.add_argument("args", nargs=argparse.REMAINDER, help="the method's flags, e.g. --data runs/inst --output_dir runs/sft")
+    tr.set_defaults(func=cmd_train)
     rr = sub.add_parser("rlrf4rec", help="RLRF4Rec: LLM knowledge -> KAR reranker feedback -> DPO, for R rounds")
     rr.add_argument("--recipe", required=True, help="flat YAML of RLRF4RecConfig fields (recipes/rlrf4rec-*.yaml)")
     rr.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a recipe value, e.g. --set rounds=1")

@@ -139,3 +139,19 @@ def test_trainer_modules_print_one_line_errors(tmp_path, module):
     r = subprocess.run(cmd, capture_output=True, text=True, env={**env, "RECALIGN_DEBUG": "1"}, timeout=120)
     assert r.returncode != 0 and "Traceback" in r.stderr
     assert not (tmp_path / "out").exists()
+
+
+def test_train_subcommand_runs_the_trainer_modules(tmp_path, capsys):
+    """`recalign train <method>` is the trainer module with its TRL-style flags."""
+    with pytest.raises(SystemExit) as e:
+        main(["train", "sft", "--help"])
+    assert e.value.code == 0
+    out = capsys.readouterr().out
+    assert "recalign train sft" in out and "--learning_rate" in out and "--lora_top_layers" in out
+    for method in ("sft", "ppo", "grpo", "rloo", "asft"):
+        assert main(["train", method, "--data", str(tmp_path / "missing"), "--output_dir", str(tmp_path / "o")]) == 2
+        err = capsys.readouterr().err
+        assert "missing" in err and len(err.strip().splitlines()) == 1, (method, err)
+    with pytest.raises(SystemExit):
+        main(["train", "dpo"])                                   # not a method: argparse lists the choices
+    assert "dpo-loop" in capsys.readouterr().err
