@@ -206,6 +206,50 @@ def _comparison_section(runs: list[dict]) -> list[str]:
     return lines
 
 
+def _retention_section(runs: list[dict]) -> list[str]:
+    """MMLU and GSM8K accuracy per model with 95% intervals, then paired differences on the same
+    questions: base → SFT and SFT → each other model (McNemar's exact p)."""
+    from recalign.data.stats import verdict
+    from recalign.eval.retention import compare_retention
+
+    ret = [r for r in runs if r.get("retention")]
+    if not ret:
+        return []
+
+    def cell(res: dict) -> str:
+        if not res:
+            return "– | –"
+        ci = res.get("ci")
+        iv = f" [{100 * ci[0]:.1f}, {100 * ci[1]:.1f}]" if ci else ""
+        return f"{_fmt('CPA', res.get('accuracy'))}{iv} | {res.get('n', '–')}"
+
+    lines = ["", "## Retention", "", "Accuracy with its 95% bootstrap interval over questions.", "",
+             "| model | MMLU (5-shot) [95% CI] | n | GSM8K (8-shot CoT) [95% CI] | n |", "|---|---|---|---|---|"]
+    for r in ret:
+        lines.append(f"| {r['name']} | {cell(r['retention'].get('mmlu') or {})} | "
+                     f"{cell(r['retention'].get('gsm8k') or {})} |")
+    base = next((r for r in ret if r["name"] == "base"), None)
+    sft = next((r for r in ret if r["name"] == "sft"), None)
+    pairs = ([(base, sft)] if base and sft else []) + [(sft or base, r) for r in ret
+                                                       if (sft or base) and r is not base and r is not sft]
+    rows = []
+    for a, b in pairs:
+        try:
+            comps = compare_retention(a["retention"], b["retention"])
+        except ValueError as e:
+            rows.append(f"| {a['name']} → {b['name']} | – | – | – | – | refused: {e} | – | – |")
+            continue
+        for c in comps:
+            rows.append(f"| {a['name']} → {b['name']} | {c['check'].upper()} | {c['n']} | {100 * c['first']:.1f}% | "
+                        f"{100 * c['second']:.1f}% | {100 * c['diff']:+.1f} pp [{100 * c['lo']:+.1f}, "
+                        f"{100 * c['hi']:+.1f}] | {c['p']:.3g} | {verdict(c)} |")
+    if rows:
+        lines += ["", "Paired on the same questions (second − first, McNemar's exact p):", "",
+                  "| comparison | check | n | first | second | difference [95% CI] | p | reads |",
+                  "|---|---|---|---|---|---|---|---|"] + rows
+    return lines
+
+
 def _plots(out: Path, runs: list[dict]) -> list[str]:
     import matplotlib
 
@@ -265,18 +309,19 @@ REWARD_KEYS = ("reward/list", "rewards/recalign_list_reward/mean")
 
 def curve(log_history: list[dict]) -> dict[str, list]:
     """(step, list reward, KL, loss) series from a trainer's log history (card.json)."""
-    out: dict[str, list] = {"step": [], "reward": [], "kl": [], "loss": []}
+    out: dict[str, list] = {"step": [], "reward": [], "kl": [], "loss": [], "eval_loss": []}
     for h in log_history or []:
         if "step" not in h:
             continue
         reward = next((h[k] for k in REWARD_KEYS if k in h), None)
         loss = h.get("loss", h.get("pg_loss"))
-        if reward is None and loss is None and "kl" not in h:
+        if reward is None and loss is None and "kl" not in h and "eval_loss" not in h:
             continue
         out["step"].append(h["step"])
         out["reward"].append(reward)
         out["kl"].append(h.get("kl"))
         out["loss"].append(loss)
+        out["eval_loss"].append(h.get("eval_loss"))
     return out
 
 
@@ -290,25 +335,37 @@ def _curve_section(out: Path, curves: dict[str, list[dict]]) -> list[str]:
     series = {m: c for m, c in series.items() if c["step"]}
     if not series:
         return []
-    lines = ["", "## Training curves", "", "| method | steps | list reward (first → last) | KL (last) | loss (first → last) |",
-             "|---|---|---|---|---|"]
+    lines = ["", "## Training curves", "", "| method | steps | list reward (first → last) | KL (last) | loss (first → last) "
+             "| valid loss (first → last; lowest at step) |", "|---|---|---|---|---|---|"]
 
     def ends(v):
         v = [x for x in v if x is not None]
         return f"{v[0]:.3f} → {v[-1]:.3f}" if v else "–"
+
+    def valid(c):
+        pts = [(s, v) for s, v in zip(c["step"], c["eval_loss"]) if v is not None]
+        if not pts:
+            return "–"
+        best = min(pts, key=lambda sv: sv[1])
+        return f"{pts[0][1]:.3f} → {pts[-1][1]:.3f}; {best[1]:.3f} at {best[0]}"
     for m, c in series.items():
         kl = [x for x in c["kl"] if x is not None]
         lines.append(f"| {m} | {c['step'][-1]} | {ends(c['reward'])} | {f'{kl[-1]:.4f}' if kl else '–'} | "
-                     f"{ends(c['loss'])} |")
+                     f"{ends(c['loss'])} | {valid(c)} |")
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
     for ax, key, title in zip(axes, ("reward", "kl", "loss"), ("list reward", "KL to the SFT model", "loss")):
         for m, c in series.items():
             pts = [(s, v) for s, v in zip(c["step"], c[key]) if v is not None]
             if pts:
                 ax.plot(*zip(*pts), marker=".", label=m)
+            ev = [(s, v) for s, v in zip(c["step"], c["eval_loss"]) if v is not None]
+            if key == "loss" and ev:
+                ax.plot(*zip(*ev), marker="o", linestyle="--", label=f"{m} (valid)")
         ax.set_title(title)
         ax.set_xlabel("step")
-    axes[0].legend(fontsize=8)
+    for ax in axes:
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=8)
     fig.tight_layout()
     (out / "plots").mkdir(exist_ok=True)
     fig.savefig(out / "plots" / "training_curves.png", dpi=90)
@@ -373,13 +430,7 @@ def write_report(out: str | Path, runs: list[dict], curves: dict[str, list[dict]
             mr = f"{j['mean_rating']:.3f}" if j.get("mean_rating") is not None else "–"
             lines.append(f"| {_label(r)} | {mr} | "
                          f"{_fmt('CPA', j.get('coverage'))} | {j['n_known']} / {j['n_recommended']} |")
-    ret = [r for r in runs if r.get("retention")]
-    if ret:
-        lines += ["", "## Retention", "", "| model | MMLU (5-shot) | n | GSM8K (8-shot CoT) | n |", "|---|---|---|---|---|"]
-        for r in ret:
-            mm, gs = r["retention"].get("mmlu") or {}, r["retention"].get("gsm8k") or {}
-            lines.append(f"| {r['name']} | {_fmt('CPA', mm.get('accuracy'))} | {mm.get('n', '–')} | "
-                         f"{_fmt('CPA', gs.get('accuracy'))} | {gs.get('n', '–')} |")
+    lines += _retention_section(runs)
     lines += _comparison_section(runs)
     plots = _plots(out, runs)
     lines += ["", "## Plots", ""] + [f"![{p}]({p})" for p in plots]

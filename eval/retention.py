@@ -59,7 +59,7 @@ __all__ = [
     "MMLUQuestion", "GSM8KProblem", "LETTERS", "GSM8K_EXEMPLARS",
     "load_mmlu", "spread_limit", "mmlu_prompt", "mmlu_prompts", "evaluate_mmlu",
     "load_gsm8k", "gsm8k_prompt", "gsm8k_messages", "extract_last_number", "gsm8k_gold",
-    "gsm8k_prediction", "evaluate_gsm8k", "run_retention",
+    "gsm8k_prediction", "evaluate_gsm8k", "run_retention", "compare_retention",
 ]
 
 LETTERS = ("A", "B", "C", "D")
@@ -391,6 +391,7 @@ def evaluate_mmlu(backend, path, limit: int | None = None, k_shot: int = 5,
         per[s] = {"acc": float(correct[mask].mean()), "n": int(mask.sum())}
     return {
         "accuracy": float(correct.mean()) if len(questions) else float("nan"),
+        **_outcomes(correct, [q.subject + "\x1f" + q.question for q in questions]),
         "macro_accuracy": float(np.mean([v["acc"] for v in per.values()])) if per else float("nan"),
         "n": len(questions),
         "choice_mass": float(mass.mean()) if len(questions) else float("nan"),
@@ -583,6 +584,7 @@ def evaluate_gsm8k(backend, path, limit: int | None = None, max_new_tokens: int 
     correct = [_same_number(pr, p.gold) for pr, p in zip(preds, problems)]
     return {
         "accuracy": float(np.mean(correct)) if problems else float("nan"),
+        **_outcomes(correct, [p.question for p in problems]),
         "n": len(problems),
         "k_shot": len(GSM8K_EXEMPLARS),
         "max_new_tokens": max_new_tokens,
@@ -596,6 +598,48 @@ def evaluate_gsm8k(backend, path, limit: int | None = None, max_new_tokens: int 
 
 
 # ------------------------------------------------------------------------------- report
+
+def _outcomes(correct, keys: Sequence[str]) -> dict:
+    """What a report needs to give an accuracy its interval and to pair two models on the same
+    questions: the 95% bootstrap interval, the per-question outcomes as a "0"/"1" string (one
+    character per question, in order) and a hash of the questions, so that runs on different
+    questions are never paired."""
+    import hashlib
+
+    from recalign.data.stats import bootstrap_ci
+
+    flags = [bool(c) for c in correct]
+    ci = bootstrap_ci([float(c) for c in flags])
+    return {"ci": [ci["lo"], ci["hi"]] if flags else None,
+            "correct": "".join("1" if c else "0" for c in flags),
+            "questions_sha256": hashlib.sha256("\x1e".join(keys).encode()).hexdigest()}
+
+
+def compare_retention(a: dict, b: dict) -> list[dict]:
+    """Paired accuracy differences ``b − a`` per check (MMLU, GSM8K) on the questions both
+    answered, McNemar's exact p; a check the two runs answered on other questions is refused
+    (ValueError naming it). ``a``/``b`` are ``run_retention`` results.
+
+    >>> r1 = {"mmlu": {"correct": "1100", "questions_sha256": "x"}}
+    >>> r2 = {"mmlu": {"correct": "1111", "questions_sha256": "x"}}
+    >>> c = compare_retention(r1, r2)[0]
+    >>> (c["check"], c["n"], c["first"], c["second"], c["diff"], c["p"])
+    ('mmlu', 4, 0.5, 1.0, 0.5, 0.5)
+    """
+    from recalign.data.stats import paired
+
+    out = []
+    for check in ("mmlu", "gsm8k"):
+        x, y = a.get(check) or {}, b.get(check) or {}
+        if not x.get("correct") or not y.get("correct"):
+            continue
+        if x.get("questions_sha256") != y.get("questions_sha256"):
+            raise ValueError(f"{check}: the two runs answered different questions (limit or file differ)")
+        xa, xb = [int(c) for c in x["correct"]], [int(c) for c in y["correct"]]
+        c = paired(xa, xb, binary=True)
+        out.append({"check": check, "first": sum(xa) / len(xa), "second": sum(xb) / len(xb), **c})
+    return out
+
 
 def run_retention(backend, mmlu=None, gsm8k=None, limit: int | None = None, *,
                   mmlu_limit: int | None = None, gsm8k_limit: int | None = None, k_shot: int = 5,

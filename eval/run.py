@@ -49,7 +49,7 @@ class EvalConfig:
     teacher: str | None = None               # default: the teacher recorded in the data card
     mmlu: str | None = None                  # MMLU folder (retention), off when None
     gsm8k: str | None = None                 # GSM8K test.jsonl (retention), off when None
-    retention_limit: int | None = 100
+    retention_limit: int | dict | None = 100    # questions per check; a dict gives each its own: {mmlu: 500, gsm8k: 200}
     seed: int = 0
     name: str | None = None                  # label in reports (default: adapter dir or "base")
     protocol: str = "recalign"               # scoring rules: recalign | reclm-gen (rewards/protocol.py)
@@ -65,6 +65,25 @@ def _limits(limit, wanted: list[str], known: set[str]) -> dict[str, int | None]:
     if unknown:
         raise DataError(f"eval limit: {unknown[0]!r} is not a task ({', '.join(sorted(known))}) or 'default'")
     return {t: limit.get(t, limit.get("default")) for t in wanted}
+
+
+def _check_retention(cfg: EvalConfig) -> None:
+    """Retention inputs are checked before any generation, so a typo costs seconds, not an eval."""
+    lim = cfg.retention_limit
+    if isinstance(lim, dict):
+        bad = [k for k in lim if k not in ("mmlu", "gsm8k")]
+        if bad:
+            raise DataError(f"eval retention_limit: {bad[0]!r} is not a check; use {{mmlu: N, gsm8k: M}}")
+        vals = list(lim.values())
+    else:
+        vals = [lim]
+    if any(v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1) for v in vals):
+        raise DataError(f"eval retention_limit {lim!r}: a positive number of questions (or none for all)")
+    from .retention import _looks_like_hub_id
+
+    for name, path in (("mmlu", cfg.mmlu), ("gsm8k", cfg.gsm8k)):
+        if path and not Path(str(path)).expanduser().exists() and not _looks_like_hub_id(str(path)):
+            raise DataError(f"--{name} {path}: no such file or folder (e.g. ../shared/data/{name})")
 
 
 def task_specs(data: str | Path) -> dict:
@@ -219,6 +238,7 @@ def run_eval(cfg: EvalConfig, overwrite: bool = False) -> Path:
         raise DataError("--beam N ranks catalog titles: it needs --grounded")
     if cfg.beam < 0:
         raise DataError(f"--beam {cfg.beam}: the beam width must be 0 (off) or positive")
+    _check_retention(cfg)
     kind = "hf" if cfg.beam else cfg.backend     # beam search runs on transformers' generate
     if cfg.beam and cfg.backend == "vllm":
         print("note: --beam runs on Hugging Face generate (vLLM's beam search takes no logits processor)",
@@ -242,7 +262,12 @@ def run_eval(cfg: EvalConfig, overwrite: bool = False) -> Path:
     if cfg.mmlu or cfg.gsm8k:
         from .retention import run_retention
 
-        retention = run_retention(backend, mmlu=cfg.mmlu, gsm8k=cfg.gsm8k, limit=cfg.retention_limit)
+        lim = cfg.retention_limit
+        if isinstance(lim, dict):
+            retention = run_retention(backend, mmlu=cfg.mmlu, gsm8k=cfg.gsm8k, mmlu_limit=lim.get("mmlu"),
+                                      gsm8k_limit=lim.get("gsm8k"))
+        else:
+            retention = run_retention(backend, mmlu=cfg.mmlu, gsm8k=cfg.gsm8k, limit=lim)
     if hasattr(backend, "close"):
         backend.close()             # an in-process engine holds its KV cache until closed
     return _score_and_write(cfg, rows, answers, ds, card, proto, overwrite, name=cfg.name or backend.name,

@@ -164,6 +164,15 @@ def validate_recipe(r: dict) -> None:
         from recalign.trainers.sft import RecSFTConfig
 
         _check_section(RecSFTConfig, r.get("sft"), "sft")
+    bf16 = [w for w, sec in [("sft", r.get("sft"))] + [(f"rl.{m}", s) for m, s in rl.items()]
+            if (sec or {}).get("cpu_bf16")]
+    if bf16:
+        import torch
+
+        if not (torch.cuda.is_available() or torch.cpu._is_avx512_bf16_supported()
+                or torch.cpu._is_amx_tile_supported()):
+            raise DataError(f"recipe {bf16[0]}.cpu_bf16: this CPU has neither AVX512-BF16 nor AMX, so bf16 "
+                            f"would be emulated (slower than fp32); add --set {bf16[0]}.cpu_bf16=false")
     for method, settings in rl.items():
         if method == "ppo":
             from recalign.trainers.ppo import RecPPOConfig as cls
@@ -261,6 +270,9 @@ class Pipeline:
             mode = "beam" if g == "beam" else "grounded" if g else "free"
             label = name + ("" if mode == "free" else f"-{mode}")
             settings = {**ev, "model": model, "adapter": adapter, "grounded": bool(g)}
+            if g != grounded[0]:     # retention measures the model, not the decoding: once per model
+                for k in ("mmlu", "gsm8k", "retention_limit"):
+                    settings.pop(k, None)
             if g:
                 settings["grounded_strict"] = ev.get("grounded_strict", True)
                 if grounded_tasks:
@@ -287,11 +299,13 @@ class Pipeline:
             train(RecSFTConfig(data=str(inst), output_dir=str(work), resume=True, **sft_cfg))
         sft = self.stage("sft", sft_cfg, lambda out: _resumable(out, sft_cfg, sft_train))
         sft_key = self._upstream
+        curves, validation = {}, {}
+        if (sft / "card.json").is_file():        # the SFT loss curve (and valid loss with eval_samples)
+            curves["sft"] = json.loads((sft / "card.json").read_text()).get("log_history", [])
         for g in grounded:
             self._upstream = sft_key
             evaluate("sft", str(sft), g)
 
-        curves, validation = {}, {}
         for method, settings in (r.get("rl") or {}).items():
             cfg = {"model": model, "seed": seed, "adapter": str(sft), "data": str(inst), **(settings or {})}
             if protocol and method in ("ppo", "grpo", "rloo"):

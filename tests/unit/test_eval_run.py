@@ -24,13 +24,16 @@ def _run_metrics(name, hr, grounded=False):
 
 def test_report_has_every_section(tmp_path):
     curves = {"ppo": [{"step": 1, "reward/list": -1.0, "kl": 0.0}, {"step": 2, "reward/list": 0.5, "kl": 0.02}],
-              "grpo": [{"step": 1, "rewards/recalign_list_reward/mean": 1.0, "kl": 0.0, "loss": 0.1}]}
+              "grpo": [{"step": 1, "rewards/recalign_list_reward/mean": 1.0, "kl": 0.0, "loss": 0.1}],
+              "sft": [{"step": 10, "loss": 2.5}, {"step": 10, "eval_loss": 2.0}, {"step": 20, "loss": 1.9},
+                      {"step": 20, "eval_loss": 1.7}, {"step": 30, "loss": 1.5}, {"step": 30, "eval_loss": 1.8}]}
     path = write_report(tmp_path, [_run_metrics("base", 0.1), _run_metrics("sft", 0.2, grounded=True)], curves)
     text = path.read_text()
     for heading in ("## Recommendation metrics (exact title matching)", "## Recommendation metrics (fuzzy",
                     "## Reward as judge (I0)", "## Retention", "## Plots", "## Training curves", "## Provenance"):
         assert heading in text
     assert "| sft (grounded) | 3.700 | 25.0% | 5 / 20 |" in text
+    assert "| sft | 30 | – | – | 2.500 → 1.500 | 2.000 → 1.800; 1.700 at 20 |" in text   # valid loss: its lowest step
     assert "| ppo | 2 | -1.000 → 0.500 | 0.0200 | – |" in text and "| grpo | 1 | 1.000 → 1.000 | 0.0000 |" in text
     assert (tmp_path / "plots" / "training_curves.png").read_bytes()[:4] == b"\x89PNG"
     assert "| I0 | base | 10 | 0.1000 | 0.0500 |" in text
@@ -146,6 +149,13 @@ def test_beam_eval_ranks_real_titles_and_reports_baselines(setup):
     assert "| I0 | tiny (beam) | 2 |" in report and "| I0 | most popular (reference) | 2 |" in report
     with pytest.raises(DataError, match="needs --grounded"):
         run_eval(EvalConfig(data=str(data), out=str(tmp / "b2"), model=str(model), beam=5))
+    # retention inputs fail before a model loads or a row is generated
+    for kw, msg in (({"mmlu": str(tmp / "nope" / "mmlu")}, "--mmlu .*no such file or folder"),
+                    ({"gsm8k": str(tmp / "x.jsonl"), "retention_limit": {"gsm8k": 5, "mmmlu": 5}},
+                     "'mmmlu' is not a check"),
+                    ({"gsm8k": str(tmp / "x.jsonl"), "retention_limit": 0}, "a positive number")):
+        with pytest.raises(DataError, match=msg):
+            run_eval(EvalConfig(data=str(data), out=str(tmp / "r"), model="no-such-model", **kw))
 
 
 def test_popularity_masks_the_history_window(setup):
@@ -233,3 +243,18 @@ def test_a_moved_run_folder_works_from_another_directory(ml100k_dir, tmp_path, m
     out = run_eval(EvalConfig(data=str(inst), out="ev", model=str(build_tiny_random(tmp_path / "tiny")),
                               tasks="I0", limit=1, max_new_tokens=8, backend="hf"))
     assert json.loads((out / "metrics.json").read_text())["teacher"]["n_samples"] == 1
+
+
+def test_report_retention_has_intervals_and_paired_comparisons(tmp_path):
+    def ret(correct, sha="q"):
+        return {"mmlu": {"accuracy": correct.count("1") / len(correct), "n": len(correct), "ci": [0.1, 0.9],
+                         "correct": correct, "questions_sha256": sha}}
+
+    runs = [_run_metrics("base", 0.1), _run_metrics("sft", 0.2), _run_metrics("ppo", 0.2)]
+    runs[0]["retention"], runs[1]["retention"] = ret("1111000000"), ret("0000000000")
+    runs[2]["retention"] = ret("00000", sha="other")
+    text = write_report(tmp_path, runs).read_text()
+    assert "| base | 40.0% [10.0, 90.0] | 10 | – | – |" in text
+    assert "| base → sft | MMLU | 10 | 40.0% | 0.0% | -40.0 pp [" in text
+    assert "| 0.125 | no difference |" in text or "| 0.125 | lower |" in text   # 4 discordant: p = 2/16
+    assert "| sft → ppo | – | – | – | – | refused: mmlu: the two runs answered different questions" in text

@@ -106,9 +106,18 @@ def test_a_task_defined_only_in_a_yaml_goes_through_build_sft_rl_and_eval(tmp_pa
     monkeypatch.setenv("RECALIGN_CACHE", str(tmp_path / "cache"))
     tiny = {**TINY, "out": str(tmp_path / "run"),
             "build": {"tasks": "SeqShort", "task_dir": str(FIXTURES / "tasks"), "max_users": 12},
-            "eval": {**TINY["eval"], "tasks": "SeqShort"}}
+            "eval": {**TINY["eval"], "tasks": "SeqShort", "grounded": [False, True],
+                     "mmlu": str(FIXTURES / "retention" / "mmlu_cais"),
+                     "gsm8k": str(FIXTURES / "retention" / "gsm8k" / "test.jsonl"),
+                     "retention_limit": {"mmlu": 4, "gsm8k": 2}}}
     p = Pipeline(load_recipe(RECIPE, "quick", tiny), log=lambda s: None)
     p.run()
+    for model in ("base", "sft", "ppo"):        # retention once per model, with its first decoding
+        free = json.loads((tmp_path / "run" / f"eval-{model}" / "metrics.json").read_text())["retention"]
+        assert free["mmlu"]["n"] == 4 and free["gsm8k"]["n"] == 2 and len(free["mmlu"]["correct"]) == 4
+        grounded = json.loads((tmp_path / "run" / f"eval-{model}-grounded" / "metrics.json").read_text())
+        assert not grounded["retention"]
+    assert "| base → sft | MMLU | 4 |" in (tmp_path / "run" / "report" / "report.md").read_text()
     rows = [json.loads(x) for x in (tmp_path / "run" / "inst" / "train.jsonl").read_text().splitlines()]
     assert {r["task"] for r in rows} == {"SeqShort"} and {r["rule"] for r in rows} == {"I0"}
     assert all(len(r["history"]) <= 5 and 3 <= r["item_count"] <= 5 for r in rows)
@@ -190,3 +199,19 @@ def test_type_check_reads_string_and_resolved_annotations():
     assert _type_ok({"I0": 200}, Union[str, dict, None]) and not _type_ok(3, Union[str, dict, None])
     assert _type_ok(1, "float") and not _type_ok(True, "int") and not _type_ok(1.5, int)
     assert _type_ok(["a"], "list[str]") and _type_ok("anything", "Literal['a']")
+
+
+def test_cpu_bf16_on_a_cpu_without_bf16_fails_before_any_stage(monkeypatch):
+    import torch
+
+    from recalign.pipeline import validate_recipe
+
+    recipe = load_recipe(RECIPE, "proof")
+    assert recipe["sft"]["cpu_bf16"] is True
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
+    with pytest.raises(DataError, match=r"sft\.cpu_bf16: this CPU has neither AVX512-BF16 nor AMX.*"
+                                        r"--set sft\.cpu_bf16=false"):
+        validate_recipe(recipe)
+    validate_recipe(load_recipe(RECIPE, "proof", {"sft": {"cpu_bf16": False}}))

@@ -383,3 +383,30 @@ def test_docstring_examples():
 
     res = doctest.testmod(mod, optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)
     assert res.failed == 0 and res.attempted > 0
+
+
+# ------------------------------------------------------------------------------- intervals and pairing
+
+def test_outcomes_carry_an_interval_and_pair_on_the_same_questions():
+    from recalign.eval.retention import compare_retention
+
+    qs = load_mmlu(RET / "mmlu_cais")
+    oracle = evaluate_mmlu(OracleBackend(qs), RET / "mmlu_cais")
+    always_a = evaluate_mmlu(AlwaysA("a"), RET / "mmlu_cais")
+    gold = [q.answer for q in qs]
+    assert oracle["correct"] == "1" * len(qs)
+    assert always_a["correct"] == "".join("1" if g == 0 else "0" for g in gold)
+    assert always_a["questions_sha256"] == oracle["questions_sha256"]
+    lo, hi = always_a["ci"]
+    assert lo <= always_a["accuracy"] <= hi and hi - lo > 0          # 2 of 6 right: a wide interval
+    assert oracle["ci"] == [1.0, 1.0]
+    (c,) = compare_retention({"mmlu": always_a}, {"mmlu": oracle})
+    assert c["n"] == 6 and c["diff"] == pytest.approx(4 / 6) and c["test"] == "McNemar exact"
+    assert c["p"] == pytest.approx(2 * 0.5 ** 4)                    # 4 discordant pairs, all one way
+    same = compare_retention({"mmlu": oracle}, {"mmlu": oracle})[0]
+    assert same["diff"] == 0 and same["p"] == 1.0 and same["lo"] <= 0 <= same["hi"]
+    fewer = evaluate_mmlu(OracleBackend(qs), RET / "mmlu_cais", limit=4)
+    with pytest.raises(ValueError, match="mmlu: the two runs answered different questions"):
+        compare_retention({"mmlu": oracle}, {"mmlu": fewer})
+    g = evaluate_gsm8k(Says18(), GSM)
+    assert g["correct"] == "10000" and len(g["questions_sha256"]) == 64
