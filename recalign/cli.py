@@ -483,7 +483,7 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("args", nargs=argparse.REMAINDER, help="the method's flags, e.g. --data runs/inst --output_dir runs/sft")
     tr.set_defaults(func=cmd_train)
     rr = sub.add_parser("rlrf4rec", help="RLRF4Rec: LLM knowledge -> KAR reranker feedback -> DPO, for R rounds")
-    rr.add_argument("--recipe", required=True, help="flat YAML of RLRF4RecConfig fields (recipes/rlrf4rec-*.yaml)")
+    rr.add_argument("--recipe", required=True, help="flat YAML of RLRF4RecConfig fields (recipes/<model>/dpo-loop/config_*.yaml)")
     rr.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a recipe value, e.g. --set rounds=1")
     rr.set_defaults(func=cmd_rlrf4rec)
     return p

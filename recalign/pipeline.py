@@ -50,6 +50,7 @@ def _read(path: Path, seen: tuple = ()) -> dict:
     if bad:
         raise DataError(f"{path}: rl method {bad[0]!r} unknown{suggest(bad[0], RL_METHODS)}; "
                         f"methods: {', '.join(RL_METHODS)}")
+    _resolve_configs(recipe, path)
     parent = recipe.pop("extends", None)
     if parent:
         # a recipe may build on another in the same folder; its keys override the parent's,
@@ -62,6 +63,38 @@ def _read(path: Path, seen: tuple = ()) -> dict:
             base.pop("rl", None)
         recipe = _merge(base, recipe)
     return recipe
+
+
+# Keys of a trainer config (recipes/<model>/<method>/config_<dataset>.yaml) that wire a standalone
+# run to its inputs and outputs; inside a pipeline the stage sets them itself.
+WIRING = {"model", "data", "adapter", "output_dir", "seed", "resume"}
+
+
+def _resolve_configs(recipe: dict, path: Path) -> None:
+    """A pipeline section ``sft:`` or ``rl.<method>:`` may start from a trainer config,
+    ``{config: smollm2-135m/ppo/config_ml100k.yaml, steps: 20}``: the file's values (path
+    relative to this recipe, run wiring dropped), then the section's own keys on top. One
+    file holds a method's settings for a model, whether it runs alone or in a pipeline."""
+    sections = [("sft", recipe.get("sft"))] + [(f"rl.{m}", v) for m, v in (recipe.get("rl") or {}).items()]
+    for where, sec in sections:
+        if not isinstance(sec, dict) or "config" not in sec:
+            continue
+        ref = path.parent / str(sec["config"])
+        if not ref.is_file():
+            raise DataError(f"{path}: {where}.config: {sec['config']} not found (relative to {path.parent}; "
+                            f"trainer configs live in recipes/<model>/<method>/)")
+        try:
+            base = yaml.safe_load(ref.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise DataError(f"{ref}: not valid YAML ({e})") from None
+        if not isinstance(base, dict):
+            raise DataError(f"{ref}: a trainer config is a mapping of config fields")
+        merged = {k: v for k, v in base.items() if k not in WIRING}
+        merged.update({k: v for k, v in sec.items() if k != "config"})
+        if where == "sft":
+            recipe["sft"] = merged
+        else:
+            recipe["rl"][where[3:]] = merged
 
 
 def load_recipe(path: str | Path, profile: str | None = None, overrides: dict | None = None) -> dict:

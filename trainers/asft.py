@@ -30,7 +30,7 @@ the SFT-merged model and the shipped adapter is the two stacked
 (:func:`recalign.models.stack_adapters`); the fresh LoRA alone stays in ``rl_adapter/``.
 
     accelerate launch --config_file recipes/accelerate/cpu.yaml -m recalign.trainers.asft \\
-        --config recipes/asft-ml100k-smollm2.yaml
+        --config recipes/smollm2-135m/asft/config_ml100k.yaml
     python -m recalign.trainers.asft --model tiny-random --data runs/inst --output_dir runs/asft --max_steps 5
 
 :func:`judge_ratings` is the "reward as judge" evaluation: the mean logged rating of the

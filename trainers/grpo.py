@@ -10,7 +10,7 @@ of :class:`RecGRPOConfig` / :class:`RecRLOOConfig` (TRL's config plus the fields
 a flag, and ``--config recipe.yaml`` loads them from a file:
 
     accelerate launch --config_file recipes/accelerate/cpu.yaml -m recalign.trainers.grpo \\
-        --method grpo --config recipes/grpo-ml100k-smollm2.yaml
+        --method grpo --config recipes/smollm2-135m/grpo/config_ml100k.yaml
     python -m recalign.trainers.grpo --method rloo --model tiny-random --data runs/inst \\
         --adapter runs/sft --output_dir runs/rloo --max_steps 5
 

@@ -23,7 +23,7 @@ the rollout policy and the updated one exceeds ``target_kl``. The output is one 
 (SFT and PPO stacked, see ``models/adapters.py``) that ``recalign eval`` loads.
 
     accelerate launch --config_file recipes/accelerate/cpu.yaml -m recalign.trainers.ppo \\
-        --config recipes/ppo-ml100k-smollm2.yaml
+        --config recipes/smollm2-135m/ppo/config_ml100k.yaml
     python -m recalign.trainers.ppo --model tiny-random --data runs/inst --output_dir runs/ppo --steps 2
 
 Per step, ``log.jsonl`` gets the mean list and item reward (overall and per task), KL,

@@ -22,8 +22,8 @@ chain stacked into one adapter), metrics.json), written atomically; a finished r
 skipped on re-run, so an interrupted loop resumes at the next round. ``report.md`` compares
 no knowledge / base-LLM knowledge / rounds 1..R per backbone, with plots.
 
-    recalign rlrf4rec --recipe recipes/rlrf4rec-ml100k-smollm2.yaml
-    python -m recalign.trainers.rlrf4rec --config recipes/rlrf4rec-ml100k-smollm2.yaml --rounds 1
+    recalign rlrf4rec --recipe recipes/smollm2-135m/dpo-loop/config_ml100k.yaml
+    python -m recalign.trainers.rlrf4rec --config recipes/smollm2-135m/dpo-loop/config_ml100k.yaml --rounds 1
 """
 from __future__ import annotations
 

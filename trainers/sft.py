@@ -4,7 +4,7 @@ Run it directly or under accelerate; every field of :class:`RecSFTConfig` (TRL's
 plus the fields below) is a flag, and ``--config recipe.yaml`` loads them from a file:
 
     accelerate launch --config_file recipes/accelerate/cpu.yaml -m recalign.trainers.sft \\
-        --config recipes/sft-ml100k-smollm2.yaml
+        --config recipes/smollm2-135m/sft/config_ml100k.yaml
     python -m recalign.trainers.sft --model tiny-random --data runs/inst --output_dir runs/sft --max_steps 5
 
 The adapter, the tokenizer and a ``card.json`` (config, versions, git commit, seed, data

@@ -185,9 +185,9 @@ def test_recipes_parse_and_name_their_launch_line(method):
 
     from recalign.trainers.grpo import CONFIGS
 
-    recipe = Path(__file__).resolve().parents[2] / "recipes" / f"{method}-ml100k-smollm2.yaml"
+    recipe = Path(__file__).resolve().parents[2] / "recipes" / "smollm2-135m" / method / "config_ml100k.yaml"
     launch = (f"accelerate launch --config_file recipes/accelerate/cpu.yaml -m recalign.trainers.grpo "
-              f"--method {method} --config recipes/{method}-ml100k-smollm2.yaml")
+              f"--method {method} --config recipes/smollm2-135m/{method}/config_ml100k.yaml")
     assert launch in recipe.read_text().splitlines()[1]
     (cfg,) = TrlParser((CONFIGS[method],)).parse_args_and_config(args=["--config", str(recipe)])
     assert cfg.adapter == "runs/sft" and cfg.data == "runs/inst" and cfg.output_dir == f"runs/{method}"

@@ -89,15 +89,64 @@ def test_accelerate_configs_parse(name):
     assert yaml.safe_load(path.read_text())["distributed_type"] in ("NO", "MULTI_GPU", "DEEPSPEED", "FSDP")
 
 
-def test_sft_recipe_fields_exist():
-    import dataclasses
-
+def _config_class(method: str):
+    from recalign.trainers.asft import RecASFTConfig
+    from recalign.trainers.grpo import CONFIGS
+    from recalign.trainers.ppo import RecPPOConfig
+    from recalign.trainers.rlrf4rec import RLRF4RecConfig
     from recalign.trainers.sft import RecSFTConfig
 
-    names = {f.name for f in dataclasses.fields(RecSFTConfig)}
-    keys = set(yaml.safe_load((ROOT / "recipes" / "sft-ml100k-smollm2.yaml").read_text()))
-    assert keys <= names
-    assert set(load_recipe(RECIPE)["sft"]) <= names
+    return {"sft": RecSFTConfig, "ppo": RecPPOConfig, "grpo": CONFIGS["grpo"], "rloo": CONFIGS["rloo"],
+            "asft": RecASFTConfig, "dpo-loop": RLRF4RecConfig}[method]
+
+
+def test_every_file_in_recipes_is_checked_against_what_reads_it():
+    """Trainer configs (recipes/<model>/<method>/config_<dataset>.yaml) against their config
+    dataclass, pipeline recipes (recipes/*.yaml) with every profile through validate_recipe,
+    accelerate configs by accelerate itself: no file in recipes/ escapes a check."""
+    import dataclasses
+
+    from accelerate.commands.config.config_args import ClusterConfig
+
+    from recalign.pipeline import validate_recipe
+
+    checked = set()
+    for path in sorted((ROOT / "recipes").glob("*/*/config_*.yaml")):
+        fields = {f.name for f in dataclasses.fields(_config_class(path.parent.name))}
+        keys = set(yaml.safe_load(path.read_text()))
+        assert keys <= fields, f"{path}: unknown keys {sorted(keys - fields)}"
+        assert f"--config recipes/{path.relative_to(ROOT / 'recipes')}" in path.read_text()   # its launch line
+        checked.add(path)
+    assert {p.parent.name for p in checked} == {"sft", "ppo", "grpo", "rloo", "asft", "dpo-loop"}
+    main_profiles = yaml.safe_load(RECIPE.read_text()).get("profiles") or {}
+    for path in sorted((ROOT / "recipes").glob("*.yaml")):
+        own = yaml.safe_load(path.read_text())
+        for profile in [None, *((own.get("profiles") or main_profiles) if "extends" in own or own.get("profiles")
+                                else [])]:
+            validate_recipe(load_recipe(path, profile))
+        checked.add(path)
+    for path in sorted((ROOT / "recipes" / "accelerate").glob("*.yaml")):
+        assert ClusterConfig.from_yaml_file(str(path)).num_processes >= 1
+        checked.add(path)
+    assert set((ROOT / "recipes").rglob("*.yaml")) == checked
+
+
+def test_pipeline_sections_start_from_the_trainer_config(tmp_path):
+    ppo = yaml.safe_load((ROOT / "recipes" / "smollm2-135m" / "ppo" / "config_ml100k.yaml").read_text())
+    r = load_recipe(RECIPE)
+    assert {k: v for k, v in ppo.items() if k not in ("model", "data", "adapter", "output_dir", "seed")} == r["rl"]["ppo"]
+    assert "output_dir" not in r["sft"] and r["sft"]["lora_top_layers"] == 10
+    quick = load_recipe(RECIPE, "quick")                           # a profile still overrides the file's values
+    assert quick["rl"]["ppo"]["steps"] == 2 and quick["rl"]["ppo"]["kl_coef"] == ppo["kl_coef"]
+    own = tmp_path / "r.yaml"
+    own.write_text(f"extends: {RECIPE}\nrl:\n  grpo: {{config: {ROOT}/recipes/smollm2-135m/grpo/config_ml100k.yaml, "
+                   "beta: 0.1}\n")
+    g = load_recipe(own)["rl"]["grpo"]
+    assert g["beta"] == 0.1 and g["num_generations"] == 4 and list(load_recipe(own)["rl"]) == ["grpo"]
+    missing = tmp_path / "m.yaml"
+    missing.write_text(f"extends: {RECIPE}\nsft: {{config: nowhere/sft.yaml}}\n")
+    with pytest.raises(DataError, match=r"m\.yaml: sft\.config: nowhere/sft\.yaml not found"):
+        load_recipe(missing)
 
 
 def test_a_task_defined_only_in_a_yaml_goes_through_build_sft_rl_and_eval(tmp_path, monkeypatch):
@@ -175,19 +224,6 @@ def test_a_mistyped_set_is_one_line_and_writes_nothing(tmp_path, capsys):
     err = capsys.readouterr().err
     assert rc == 2 and "sft.lora_r: 'big' does not fit int" in err and "Traceback" not in err
     assert not out.exists()
-
-
-def test_every_shipped_pipeline_recipe_and_profile_validates():
-    from recalign.pipeline import validate_recipe
-
-    recipes = sorted((ROOT / "recipes").glob("ml100k-smollm2*.yaml"))
-    assert len(recipes) >= 6
-    for path in recipes:
-        profiles = yaml.safe_load(path.read_text()).get("profiles") or {}
-        if "extends" in yaml.safe_load(path.read_text()):
-            profiles = profiles or yaml.safe_load(RECIPE.read_text()).get("profiles") or {}
-        for profile in [None, *profiles]:
-            validate_recipe(load_recipe(path, profile))
 
 
 def test_type_check_reads_string_and_resolved_annotations():
