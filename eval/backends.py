@@ -78,7 +78,10 @@ class HFBackend(Backend):
 
         from recalign.models import load_model, resolve_model
 
-        dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[self.dtype]
+        from recalign.models.device import compute_dtype, device
+
+        dtypes = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+        dtype = compute_dtype() if self.dtype == "auto" else dtypes[self.dtype]
         self.model_obj, self.tok = load_model(self.model, dtype=dtype)
         if self.adapter:
             from peft import PeftModel
@@ -87,7 +90,8 @@ class HFBackend(Backend):
             # merged: the same function, and generation (beam search above all) runs at base speed
             self.model_obj = load_adapter(PeftModel, self.model_obj, self.adapter, self.model).merge_and_unload()
             self.name = Path(self.adapter).name
-        self.model_obj.eval()
+        self.device = device()
+        self.model_obj.to(self.device).eval()
         self.tok.padding_side = "left"
         self._tries: dict[int, object] = {}
 
@@ -113,7 +117,7 @@ class HFBackend(Backend):
         starts = range(0, len(prompts), self.batch_size)
         for s in tqdm(starts, desc="generate (hf)", disable=len(starts) < 2, mininterval=2.0):
             batch = [self.chat_text(m) for m in prompts[s:s + self.batch_size]]
-            enc = self.tok(batch, return_tensors="pt", padding=True, add_special_tokens=False)
+            enc = self.tok(batch, return_tensors="pt", padding=True, add_special_tokens=False).to(self.device)
             kw = sampling.generate_kwargs(self.tok.pad_token_id)
             if grounded is not None:
                 mi = grounded.max_items
@@ -123,7 +127,7 @@ class HFBackend(Backend):
                     max_items=mi if isinstance(mi, int) else list(mi[s:s + self.batch_size]))]
             with torch.no_grad():
                 gen = self.model_obj.generate(**enc, **kw)
-            new = gen[:, enc["input_ids"].shape[1]:]
+            new = gen[:, enc["input_ids"].shape[1]:].cpu()
             out.extend(self.tok.batch_decode(new, skip_special_tokens=True))
         return out
 
@@ -143,10 +147,10 @@ class HFBackend(Backend):
         cand = [self.tok(c, add_special_tokens=False)["input_ids"][0] for c in candidates]
         rows = []
         for s in range(0, len(texts), self.batch_size):
-            enc = self.tok(list(texts[s:s + self.batch_size]), return_tensors="pt", padding=True)
+            enc = self.tok(list(texts[s:s + self.batch_size]), return_tensors="pt", padding=True).to(self.device)
             with torch.no_grad():
                 logits = self.model_obj(**enc, logits_to_keep=1).logits[:, -1].float()
-            rows.append(torch.log_softmax(logits, -1)[:, cand].numpy())
+            rows.append(torch.log_softmax(logits, -1)[:, cand].cpu().numpy())
         return np.concatenate(rows) if rows else np.zeros((0, len(candidates)))
 
 
@@ -199,11 +203,11 @@ def make_backend(kind: str, model: str, adapter: str | None = None, **kw) -> Bac
         if problem is None:
             vkw = {k: v for k, v in kw.items() if v is not None or k != "enforce_eager"}
             if vkw.get("dtype") == "auto":
-                # vLLM-CPU's bf16 GEMMs are slow without AMX: on this project's AVX2 machine
-                # float32 decodes 3.5x faster (bench/RESULTS.md); GPUs want bfloat16
-                import torch
+                # vLLM-CPU's bf16 GEMMs are slow without AMX (float32 decodes 3.5x faster,
+                # bench/RESULTS.md); GPUs want bfloat16 (fp16 where they lack it)
+                from recalign.models.device import compute_dtype, dtype_name
 
-                vkw["dtype"] = "bfloat16" if torch.cuda.is_available() else "float32"
+                vkw["dtype"] = dtype_name(compute_dtype())
             try:
                 from .vllm_backend import VLLMBackend
 
@@ -217,6 +221,4 @@ def make_backend(kind: str, model: str, adapter: str | None = None, **kw) -> Bac
             raise DataError(f"--backend vllm: {problem}; or use --backend hf / auto")
         print(f"note: {problem}; --backend auto falls back to Hugging Face generate", flush=True)
     hf_kw = {k: v for k, v in kw.items() if k in ("batch_size", "dtype")}
-    if hf_kw.get("dtype") == "auto":
-        hf_kw["dtype"] = "float32"
-    return HFBackend(model, adapter, **hf_kw)
+    return HFBackend(model, adapter, **hf_kw)      # dtype auto: the device's (models/device.py)

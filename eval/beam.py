@@ -52,13 +52,14 @@ def _search(model, enc, proc: TitleBeamProcessor, ks: list[int], width: int, dep
     prefill across its beams (transformers' beam search prefills every beam: 10x the work).
     Returns the items of each row, best first."""
     B, W = enc["input_ids"].shape[0], width
+    dev = enc["input_ids"].device
     attn = enc["attention_mask"]
     pos = (attn.long().cumsum(-1) - 1).clamp(min=0)
     with torch.no_grad():
         out = model(input_ids=enc["input_ids"], attention_mask=attn, position_ids=pos, use_cache=True,
                     logits_to_keep=1)
     cache = out.past_key_values
-    logp0 = torch.log_softmax(out.logits[:, -1].float(), -1)
+    logp0 = torch.log_softmax(out.logits[:, -1].float(), -1).cpu()
     cache.batch_repeat_interleave(W)
     attn = attn.repeat_interleave(W, 0)
     last_pos = pos[:, -1].repeat_interleave(W, 0)
@@ -98,15 +99,15 @@ def _search(model, enc, proc: TitleBeamProcessor, ks: list[int], width: int, dep
         running = new_running
         if not any(running):
             break
-        idx = torch.tensor(parents)
+        idx = torch.tensor(parents, device=dev)
         cache.reorder_cache(idx)
-        attn = torch.cat([attn[idx], torch.ones(B * W, 1, dtype=attn.dtype)], 1)
+        attn = torch.cat([attn[idx], torch.ones(B * W, 1, dtype=attn.dtype, device=dev)], 1)
         last_pos = last_pos[idx] + 1
         with torch.no_grad():
-            out = model(input_ids=torch.tensor(tokens)[:, None], attention_mask=attn, position_ids=last_pos[:, None],
-                        past_key_values=cache, use_cache=True)
+            out = model(input_ids=torch.tensor(tokens, device=dev)[:, None], attention_mask=attn,
+                        position_ids=last_pos[:, None], past_key_values=cache, use_cache=True)
         cache = out.past_key_values
-        logp = torch.log_softmax(out.logits[:, -1].float(), -1)
+        logp = torch.log_softmax(out.logits[:, -1].float(), -1).cpu()
     return [[item for _, item in sorted(finished[r], reverse=True)[:ks[r]]] for r in range(B)]
 
 
@@ -132,7 +133,7 @@ def beam_lists(model, tok, chat_texts: Sequence[str], trie: TitleTrie, histories
             texts = [t + "1." for t in chat_texts[s:s + batch_size]]
             k = [int(x) for x in ks[s:s + batch_size]]
             proc = TitleBeamProcessor(trie, histories[s:s + batch_size], end_id)
-            enc = tok(texts, return_tensors="pt", padding=True, add_special_tokens=False)
+            enc = tok(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(model.device)
             for items in _search(model, enc, proc, k, max(width, max(k)), depth, length_penalty):
                 out.append("\n".join(f"{j}. {trie.titles[it - 1]}" for j, it in enumerate(items, 1)))
     finally:

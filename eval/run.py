@@ -46,6 +46,8 @@ class EvalConfig:
                                              # short (see eager_for), compiled (cached) when it is long
     max_new_tokens: int = 256
     batch_size: int = 16
+    gpu_memory_utilization: float = 0.9      # vLLM on GPU: share of the GPU for weights + KV cache
+    tensor_parallel_size: int = 1            # vLLM on GPU: GPUs one engine spans
     teacher: str | None = None               # default: the teacher recorded in the data card
     mmlu: str | None = None                  # MMLU folder (retention), off when None
     gsm8k: str | None = None                 # GSM8K test.jsonl (retention), off when None
@@ -244,7 +246,9 @@ def run_eval(cfg: EvalConfig, overwrite: bool = False) -> Path:
         print("note: --beam runs on Hugging Face generate (vLLM's beam search takes no logits processor)",
               flush=True)
     backend = make_backend(kind, cfg.model, cfg.adapter, batch_size=cfg.batch_size,
-                           dtype=cfg.dtype, enforce_eager=eager_for(cfg, len(rows)))
+                           dtype=cfg.dtype, enforce_eager=eager_for(cfg, len(rows)),
+                           gpu_memory_utilization=cfg.gpu_memory_utilization,
+                           tensor_parallel_size=cfg.tensor_parallel_size)
     grounding = None
     if cfg.grounded:
         grounding = Grounding(ds.catalog.titles[1:], [r["history"] for r in rows], strict=cfg.grounded_strict,

@@ -170,6 +170,25 @@ def _load_cpu_weights(model, weights: dict) -> None:
 
 
 # --------------------------------------------------------------------------- backend
+def engine_memory_kwargs(kv_cache_gib: float | None, gpu_memory_utilization: float = 0.9,
+                         tensor_parallel_size: int = 1) -> dict:
+    """vLLM's memory and parallelism arguments. On a GPU the KV cache is what
+    ``gpu_memory_utilization`` leaves after the weights (a fixed 1 GiB would starve a large
+    GPU's batch); on a CPU there is no such budget, so ``kv_cache_gib`` sizes it
+    (``VLLM_CPU_KVCACHE_SPACE`` wins when set) and tensor parallelism is refused."""
+    if not 0 < gpu_memory_utilization <= 1:
+        raise DataError(f"gpu_memory_utilization {gpu_memory_utilization}: a share in (0, 1]")
+    if tensor_parallel_size < 1:
+        raise DataError(f"tensor_parallel_size {tensor_parallel_size}: at least 1")
+    if torch.cuda.is_available():
+        return {"gpu_memory_utilization": gpu_memory_utilization, "tensor_parallel_size": tensor_parallel_size}
+    if tensor_parallel_size != 1:
+        raise DataError(f"tensor_parallel_size {tensor_parallel_size}: tensor parallelism needs GPUs; use 1 on CPU")
+    if kv_cache_gib and not os.environ.get("VLLM_CPU_KVCACHE_SPACE"):
+        return {"kv_cache_memory_bytes": int(kv_cache_gib * (1 << 30))}
+    return {}
+
+
 def _lora_rank(adapter: Path) -> int:
     r = int(json.loads((adapter / "adapter_config.json").read_text()).get("r", 16))
     for k in LORA_RANKS:
@@ -194,7 +213,9 @@ class VLLMBackend(Backend):
     kind = "vllm"
     enforce_eager: bool = False
     lora: str = "auto"
-    kv_cache_gib: float | None = 1.0
+    kv_cache_gib: float | None = 1.0         # CPU only: on a GPU vLLM sizes it from gpu_memory_utilization
+    gpu_memory_utilization: float = 0.9
+    tensor_parallel_size: int = 1
     max_model_len: int | None = 4096
     seed: int = 0
     engine_kwargs: dict | None = None
@@ -225,8 +246,7 @@ class VLLMBackend(Backend):
             cfg = Path(self.path) / "config.json"
             most = json.loads(cfg.read_text()).get("max_position_embeddings") if cfg.is_file() else None
             kw["max_model_len"] = min(self.max_model_len, most or self.max_model_len)
-        if self.kv_cache_gib and not os.environ.get("VLLM_CPU_KVCACHE_SPACE"):
-            kw["kv_cache_memory_bytes"] = int(self.kv_cache_gib * (1 << 30))
+        kw.update(engine_memory_kwargs(self.kv_cache_gib, self.gpu_memory_utilization, self.tensor_parallel_size))
         self.lora_request = None
         if self.adapter and merge:
             self.name = Path(self.adapter).name

@@ -27,12 +27,17 @@ class KnowledgeEncoder:
                  cache_file: str | Path | None = None):
         from .resolve import load_model, model_fingerprint, resolve_model
 
-        self.model, self.tok = load_model(model)
-        self.model.eval()
+        from .device import compute_dtype, device
+
+        self.model, self.tok = load_model(model, dtype=compute_dtype())
+        self.device = device()
+        self.model.to(self.device).eval()
         self.tok.padding_side = "right"
         self.batch_size, self.max_length = batch_size, max_length
         self.dim = int(self.model.config.hidden_size)
-        self._key = f"{model_fingerprint(resolve_model(model))}|{max_length}|"
+        dt = compute_dtype()          # GPU vectors (bf16) are not CPU ones: keep them apart
+        self._key = f"{model_fingerprint(resolve_model(model))}|{max_length}|" + ("" if str(dt) == "torch.float32"
+                                                                                else f"{dt}|")
         self._cache: dict[str, np.ndarray] = {}
         self.cache_file = Path(cache_file) if cache_file else None
         if self.cache_file and self.cache_file.is_file():
@@ -55,11 +60,11 @@ class KnowledgeEncoder:
         for s in range(0, len(todo), self.batch_size):
             chunk = todo[s:s + self.batch_size]
             enc = self.tok([t for _, t in chunk], return_tensors="pt", padding=True, truncation=True,
-                           max_length=self.max_length, add_special_tokens=False)
+                           max_length=self.max_length, add_special_tokens=False).to(self.device)
             with torch.no_grad():
                 h = trunk(self.model)(**enc).last_hidden_state
             m = enc["attention_mask"].unsqueeze(-1).to(h.dtype)
-            vecs = ((h * m).sum(1) / m.sum(1).clamp(min=1)).float().numpy()
+            vecs = ((h * m).sum(1) / m.sum(1).clamp(min=1)).float().cpu().numpy()
             for (k, _), v in zip(chunk, vecs):
                 self._cache[k] = v.astype(np.float32)
         zero = np.zeros(self.dim, dtype=np.float32)

@@ -249,7 +249,8 @@ def cmd_eval(args) -> int:
                      mmlu=args.mmlu, gsm8k=args.gsm8k, retention_limit=args.retention_limit, seed=args.seed,
                      name=args.name, beam=args.beam, beam_length_penalty=args.beam_length_penalty,
                      protocol=args.protocol, parser=args.parser,
-                     rescore=args.rescore)
+                     rescore=args.rescore, dtype=args.dtype, gpu_memory_utilization=args.gpu_memory_utilization,
+                     tensor_parallel_size=args.tensor_parallel_size)
     out = run_eval(cfg, overwrite=args.overwrite)
     m = json.loads((out / "metrics.json").read_text())
     for task, v in m["exact"].items():
@@ -459,6 +460,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="generation engine (default auto: vLLM when it works here, else HF with a note)")
     e.add_argument("--max-new-tokens", type=int, default=256)
     e.add_argument("--batch-size", type=int, default=16)
+    e.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
+                   help="weights' dtype (auto: float32 on CPU, bfloat16 on GPU; models/device.py)")
+    e.add_argument("--gpu-memory-utilization", type=float, default=0.9,
+                   help="vLLM on GPU: share of GPU memory for weights and KV cache")
+    e.add_argument("--tensor-parallel-size", type=int, default=1, help="vLLM on GPU: GPUs one engine spans")
     e.add_argument("--teacher", help="teacher directory for the reference row (default: from the data card)")
     e.add_argument("--mmlu", help="MMLU folder for retention (5-shot)")
     e.add_argument("--gsm8k", help="GSM8K test.jsonl for retention (8-shot CoT)")

@@ -349,7 +349,6 @@ def _rows_and_weights(cfg: RecASFTConfig, ctx, split: str):
 
 
 def train(cfg: RecASFTConfig) -> Path:
-    import torch
     from peft import get_peft_model
 
     from recalign.data.util import check_resume, provenance, sha256_file, write_json
@@ -369,10 +368,9 @@ def train(cfg: RecASFTConfig) -> Path:
 
     kw = {}
     if cfg.load_in_4bit:
-        from transformers import BitsAndBytesConfig
+        from recalign.models.device import bnb_4bit_config
 
-        kw["quantization_config"] = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
-                                                       bnb_4bit_compute_dtype=torch.float32)
+        kw["quantization_config"] = bnb_4bit_config()
     model, tok = load_policy(cfg.model, cfg.adapter, **kw)
     tok.padding_side = "right"
     if cfg.load_in_4bit:

@@ -292,9 +292,8 @@ class RLRF4RecLoop:
         from trl import DPOConfig, DPOTrainer
 
         from recalign.models.adapters import load_policy, stack_adapters
+        from recalign.models.device import trainer_precision
         from recalign.trainers.sft import lora_config
-
-        import torch
 
         cfg = self.cfg
         model, tok = load_policy(cfg.model, prev_adapter)
@@ -304,8 +303,7 @@ class RLRF4RecLoop:
                          gradient_accumulation_steps=cfg.gradient_accumulation_steps,
                          num_train_epochs=cfg.num_train_epochs, max_steps=cfg.max_steps, max_length=cfg.max_length,
                          logging_steps=1, save_strategy="no", report_to=[], seed=cfg.seed,
-                         gradient_checkpointing=False, use_cpu=not torch.cuda.is_available(), bf16=False,
-                         disable_tqdm=False)
+                         gradient_checkpointing=False, disable_tqdm=False, **trainer_precision())
         trainer = DPOTrainer(model=model, args=args, train_dataset=datasets.Dataset.from_list(rows),
                              processing_class=tok, peft_config=lora_config(cfg, model))
         trainer.train()

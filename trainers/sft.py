@@ -114,7 +114,6 @@ def lora_config(cfg: RecSFTConfig, model):
 
 
 def train(cfg: RecSFTConfig) -> Path:
-    import torch
     from trl import SFTTrainer
 
     from recalign.data.util import check_resume, provenance, sha256_file, write_json
@@ -124,10 +123,9 @@ def train(cfg: RecSFTConfig) -> Path:
     train_rows, valid_rows = load_rows(cfg)
     kw = {}
     if cfg.load_in_4bit:
-        from transformers import BitsAndBytesConfig
+        from recalign.models.device import bnb_4bit_config
 
-        kw["quantization_config"] = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
-                                                       bnb_4bit_compute_dtype=torch.float32)
+        kw["quantization_config"] = bnb_4bit_config()
     model, tok = load_model(cfg.model, **kw)
     tok.padding_side = "right"          # training pads on the right; generation sets left again
     if cfg.load_in_4bit:

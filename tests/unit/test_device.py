@@ -1,0 +1,74 @@
+"""One device/dtype rule for every stage (models/device.py) and vLLM's memory arguments.
+
+The GPU branches are exercised with torch.cuda patched: what they decide can be checked
+here; that CUDA kernels then run is bench/gpu_check territory (no GPU on these machines)."""
+import pytest
+import torch
+
+from recalign.data import DataError
+from recalign.models import device as dev
+
+
+@pytest.fixture
+def fake_gpu(monkeypatch):
+    def make(bf16=True):
+        monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+        monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: bf16)
+        monkeypatch.setattr(torch.cuda, "device_count", lambda: 4)
+    return make
+
+
+def test_cpu_keeps_float32_and_the_cpu():
+    if torch.cuda.is_available():
+        pytest.skip("this test describes a CPU machine")
+    assert dev.compute_dtype() == torch.float32 and dev.device().type == "cpu"
+    assert dev.trainer_precision() == {"bf16": False, "fp16": False, "use_cpu": True}
+    q = dev.bnb_4bit_config()
+    assert q.bnb_4bit_compute_dtype == torch.float32 and q.bnb_4bit_quant_storage == torch.float32
+
+
+def test_gpu_gets_bf16_or_fp16_and_the_local_rank(fake_gpu, monkeypatch):
+    fake_gpu(bf16=True)
+    monkeypatch.setenv("LOCAL_RANK", "2")
+    assert dev.compute_dtype() == torch.bfloat16 and dev.device() == torch.device("cuda", 2)
+    assert dev.trainer_precision() == {"bf16": True, "fp16": False, "use_cpu": False}
+    q = dev.bnb_4bit_config()
+    assert q.bnb_4bit_compute_dtype == torch.bfloat16 and q.bnb_4bit_quant_storage == torch.bfloat16
+    fake_gpu(bf16=False)
+    assert dev.compute_dtype() == torch.float16 and dev.trainer_precision()["fp16"] is True
+
+
+def test_vllm_memory_arguments(fake_gpu, monkeypatch):
+    from recalign.eval.vllm_backend import engine_memory_kwargs
+
+    monkeypatch.delenv("VLLM_CPU_KVCACHE_SPACE", raising=False)
+    if not torch.cuda.is_available():
+        assert engine_memory_kwargs(1.0) == {"kv_cache_memory_bytes": 1 << 30}
+        monkeypatch.setenv("VLLM_CPU_KVCACHE_SPACE", "4")
+        assert engine_memory_kwargs(1.0) == {}               # the user's setting wins
+        with pytest.raises(DataError, match="tensor parallelism needs GPUs"):
+            engine_memory_kwargs(1.0, tensor_parallel_size=2)
+    fake_gpu()
+    # on a GPU the KV cache is what gpu_memory_utilization leaves: no fixed 1 GiB
+    assert engine_memory_kwargs(1.0, 0.8, 2) == {"gpu_memory_utilization": 0.8, "tensor_parallel_size": 2}
+    for bad in ({"gpu_memory_utilization": 1.5}, {"tensor_parallel_size": 0}):
+        with pytest.raises(DataError):
+            engine_memory_kwargs(1.0, **bad)
+
+
+def test_auto_dtype_asks_the_device_rule(fake_gpu, monkeypatch):
+    from recalign.eval import backends
+
+    seen = {}
+
+    class Engine:
+        def __init__(self, model, adapter, **kw):
+            seen.update(kw)
+
+    import recalign.eval.vllm_backend as vb
+
+    monkeypatch.setattr(backends, "vllm_problem", lambda: None)
+    monkeypatch.setattr(vb, "VLLMBackend", Engine)
+    fake_gpu()
+    backends.make_backend("vllm", "tiny-random", dtype="auto", gpu_memory_utilization=0.7)
+    assert seen["dtype"] == "bfloat16" and seen["gpu_memory_utilization"] == 0.7
