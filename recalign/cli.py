@@ -90,7 +90,8 @@ def cmd_data_build(args) -> int:
     from recalign.tasks.builder import BuildConfig, build_dataset
 
     cfg = BuildConfig(epochs=args.epochs, seed=args.seed, sharegpt=args.sharegpt, chat_ratio=args.chat_ratio,
-                      reference=args.reference, max_users=args.max_users, templates=args.templates)
+                      reference=args.reference, max_users=args.max_users, templates=args.templates,
+                      rl_split=args.rl_split)
     out = build_dataset(args.data, args.teacher, args.tasks, args.out, cfg, task_dir=args.task_dir,
                         overwrite=args.overwrite)
     card = json.loads((out / "card.json").read_text())
@@ -383,6 +384,9 @@ def build_parser() -> argparse.ArgumentParser:
                                         "test-time category rules (default: the teacher's top-10)")
     db.add_argument("--max-users", type=int, help="only the first N users (quick runs)")
     db.add_argument("--templates", help="a folder of your own .jinja templates (rendered sandboxed)")
+    db.add_argument("--rl-split", action="store_true",
+                    help="also write an `rl` split of RL prompts drawn by the tasks' rl_* rules (the official "
+                         "RecLM-gen sampling: item_count U{6..10}, ...); PPO/GRPO/RLOO then train on it")
     db.add_argument("--task-dir", help="a folder of your own task YAMLs (added to the built-in ones)")
     db.add_argument("--overwrite", action="store_true")
     db.set_defaults(func=cmd_data_build)

@@ -16,9 +16,10 @@ differ in named options, each with two values, so a user can switch one at a tim
 
 PPO also takes its optimisation details from the protocol where its own fields are unset
 (:data:`RL_DEFAULTS`: reward scaling by a running std, warm-up + power-2 decay, AdamW eps and
-weight decay, gradient clip). Options the official code has that are not wired here yet (RL
-item_count U{6..10}, its I1/I2/I3 sampling, per-sequence minibatches, full lm_head tuning)
-are listed in the README's protocol section, not accepted silently as options that do nothing.
+weight decay, gradient clip). Its RL prompt sampling (item_count U{6..10}, the I1/I2 draws) is
+data, not scoring: ``data build --rl-split`` (tasks' ``rl_*`` keys). Options the official code
+has that are not wired here yet (per-sequence minibatches, full lm_head tuning) are listed in
+the README's protocol section, not accepted silently as options that do nothing.
 
 >>> get_protocol("reclm-gen").parser, get_protocol("reclm-gen", parser="lenient").as_dict()
 ('strict', {'name': 'reclm-gen', 'parser': 'lenient', 'reward_ranks': 'unmasked'})

@@ -10,6 +10,7 @@ windows: valid ``seq[-12:-2] -> seq[-2]``, test ``seq[-11:-1] -> seq[-1]``.
 from __future__ import annotations
 
 import json
+import math
 import zlib
 from collections import Counter
 from dataclasses import dataclass, field
@@ -24,7 +25,7 @@ from recalign.templates import Renderer
 
 from .spec import TaskSpec
 
-SPLITS = ("train", "valid", "test")
+SPLITS = ("train", "valid", "test", "rl")      # rl: RL prompts (BuildConfig.rl_split), after the others
 
 
 @dataclass
@@ -36,6 +37,8 @@ class BuildConfig:
     reference: str | None = None             # JSONL: {"user_id", "items": [titles or ids]}
     max_users: int | None = None             # a subset of users (the first N by index)
     templates: str | None = None             # a user template folder (sandboxed)
+    rl_split: bool = False                   # also write an ``rl`` split: RL prompts drawn from the training
+                                             # windows by each task's rl_* rules (the official code's, §1.7)
     notes: list[str] = field(default_factory=list)
 
 
@@ -79,7 +82,7 @@ class Builder:
         out = []
         for u in self.users if users is None else users:
             s = self.ds.sequences[u]
-            if split == "train":
+            if split in ("train", "rl"):
                 tr = s[:-2]
                 if len(tr) < 2:
                     self.skipped[f"{spec.task}/train: user with < 2 training items"] += 1
@@ -99,10 +102,10 @@ class Builder:
         return np.flatnonzero(ok)
 
     def item_count(self, spec: TaskSpec, split: str, rng, cap: int | None = None) -> int:
-        if split != "train":
+        if split not in ("train", "rl"):
             n = spec.item_count_eval
         else:
-            lo, hi = spec.item_count_train
+            lo, hi = (spec.item_count_rl or spec.item_count_train) if split == "rl" else spec.item_count_train
             hi = min(hi, cap) if cap is not None else hi
             if hi < lo:
                 return 0
@@ -208,17 +211,35 @@ class Builder:
                                  prompt_vars={"history": self.titles(c.history), "item_count": m}))
         return rows
 
+    @staticmethod
+    def category_rule(spec, split) -> str:
+        if split == "rl":
+            return spec.rl_category or spec.train_category
+        return spec.train_category if split == "train" else spec.test_category
+
     def _control_category(self, spec, split, c: Context, rng, eligible: np.ndarray) -> str | None:
-        rule = spec.train_category if split == "train" else spec.test_category
+        rule = self.category_rule(spec, split)
         target_cats = set(self.cat.item_categories[c.target]) if c.target else set()
+        ok = set(self.cat.categories[i] for i in eligible)
         if rule == "uniform":
             return self.cat.categories[int(rng.choice(eligible))] if len(eligible) else None
         if rule == "target":
             cats = self.cat.item_categories[c.target]
             return cats[-1] if cats else None
+        if rule == "target_random":             # the official RL rule for I1+: any category of the target
+            cats = sorted(set(self.cat.item_categories[c.target]) & ok)
+            return cats[int(rng.integers(len(cats)))] if cats else None
         if rule == "teacher_frequent":
             top = self._teacher_top10.get(c.user, [])
             return self.most_frequent_category(top, target_cats, rng, weighted=True)
+        if rule == "teacher_frequent_uniform":  # the official I1- rule: uniform among the categories
+            top = self._teacher_top10.get(c.user, [])   # counted at least min(2, max) times in the teacher's list
+            counts = Counter(x for i in top for x in self.cat.item_categories[i] if x in ok)
+            if not counts:
+                return None
+            floor = min(2, max(counts.values()))
+            cats = sorted(x for x, k in counts.items() if k >= floor)
+            return cats[int(rng.integers(len(cats)))]
         ref = self.reference_lists(split).get(c.user, [])
         return self.most_frequent_category(ref, target_cats, rng, weighted=False)
 
@@ -229,7 +250,7 @@ class Builder:
     def _with_categories(self, spec, split, rng, eligible: np.ndarray, users=None):
         """(context, category) for each user whose split rule yields a category."""
         ctx = self.contexts(spec, split, rng, users)
-        if (spec.train_category if split == "train" else spec.test_category) == "teacher_frequent":
+        if self.category_rule(spec, split) in ("teacher_frequent", "teacher_frequent_uniform"):
             self._teacher_top10_for(ctx)
         for c in ctx:
             cat = self._control_category(spec, split, c, rng, eligible)
@@ -271,13 +292,19 @@ class Builder:
         return rows
 
     def proportion_control(self, spec, split, epoch, rng, users=None) -> list[dict]:
-        m_max = spec.item_count_eval if split != "train" else spec.item_count_train[1]
+        m_max = {"train": spec.item_count_train[1], "rl": (spec.item_count_rl or spec.item_count_train)[1]}.get(
+            split, spec.item_count_eval)
         eligible = self.eligible(spec, min_outside=m_max + spec.history_window)
         eligible = eligible[self.cat_sizes[eligible] >= m_max + spec.history_window]
         plan = []
         for c, cat in self._with_categories(spec, split, rng, eligible, users):
             m = self.item_count(spec, split, rng)
-            p = float(rng.choice(spec.proportions)) if split == "train" else float(spec.test_proportion)
+            if split == "rl" and spec.rl_proportion == "count_uniform":
+                # the official RL draw: n ~ U{0..min(|C|, m)}, p = n / m rounded down to 10 %
+                n = int(rng.integers(0, min(int(self.cat_sizes[self.cat.category_index(cat)]), m) + 1))
+                plan.append((c, cat, m, math.floor(10 * n / m) / 10, n))
+                continue
+            p = float(rng.choice(spec.proportions)) if split in ("train", "rl") else float(spec.test_proportion)
             plan.append((c, cat, m, p, int(round(p * m))))
         if not plan:
             return []
@@ -420,8 +447,11 @@ USER_CHUNK = 8192
 
 def _jobs(specs: list[TaskSpec], cfg: BuildConfig) -> list[tuple[str, int, TaskSpec]]:
     """(split, epoch, spec) in build order: split, then epoch, then task (chat last: it counts the others)."""
-    return [(split, epoch, spec) for split in SPLITS for epoch in (range(cfg.epochs) if split == "train" else [0])
+    jobs = [(split, epoch, spec) for split in SPLITS[:3] for epoch in (range(cfg.epochs) if split == "train" else [0])
             for spec in sorted(specs, key=lambda s: s.builder == "chat") if split in spec.splits]
+    if cfg.rl_split:            # every task the rewards judge, once per user
+        jobs += [("rl", 0, spec) for spec in specs if spec.rule is not None and "train" in spec.splits]
+    return jobs
 
 
 def iter_rows(b: Builder, specs: list[TaskSpec], progress: bool = True) -> Iterator[tuple[str, list[dict]]]:
@@ -505,7 +535,7 @@ def build_dataset(data: str | Path, teacher_dir: str | Path, tasks: str | list[s
         from datasets.arrow_writer import ArrowWriter
 
         features = row_features()
-        files = {s: open(tmp / f"{s}.jsonl", "w", encoding="utf-8") for s in SPLITS}
+        files = {s: open(tmp / f"{s}.jsonl", "w", encoding="utf-8") for s in SPLITS[:3] + (("rl",) if cfg.rl_split else ())}
         writers: dict[str, ArrowWriter] = {}
         try:
             for split, batch in iter_rows(b, specs):
@@ -532,7 +562,7 @@ def build_dataset(data: str | Path, teacher_dir: str | Path, tasks: str | list[s
         del dd
         for s in writers:
             (tmp / f".{s}.arrow").unlink()
-        counts = {s: dict(sorted(tally[s].items())) for s in SPLITS}
+        counts = {s: dict(sorted(tally[s].items())) for s in SPLITS if s != "rl" or cfg.rl_split}
         inputs = {"sequences": ds.fingerprint(), "teacher": sha256_file(Path(teacher_dir) / "model.safetensors")}
         if cfg.sharegpt:
             inputs["sharegpt"] = sha256_file(cfg.sharegpt)

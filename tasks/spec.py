@@ -20,7 +20,9 @@ from recalign.data.util import DataError, suggest
 
 BUILTIN = Path(__file__).resolve().parent
 BUILDERS = ("sequential", "category_control", "proportion_control", "item_search", "category_qa", "chat")
-CATEGORY_RULES = ("uniform", "target", "teacher_frequent", "reference_frequent")
+CATEGORY_RULES = ("uniform", "target", "target_random", "teacher_frequent", "teacher_frequent_uniform",
+                  "reference_frequent")
+PROPORTION_RULES = ("draw", "count_uniform")
 DIRECTIONS = ("+", "-", "<=", ">=", "~")
 # reward: which RecLM-gen rule judges the answer (rewards/reclm.py); "task" (I3 item search)
 # and "none" are not rewarded or scored as lists
@@ -49,6 +51,10 @@ class TaskSpec:
     history_window: int = 10
     item_count_train: tuple[int, int] = (1, 10)
     item_count_eval: int = 10
+    # RL prompts (the build's ``rl`` split, ``--rl-split``; REFERENCE.md §1.7): None = as in train
+    item_count_rl: tuple[int, int] | None = None
+    rl_category: str | None = None
+    rl_proportion: str = "draw"       # draw: from ``proportions``; count_uniform: n ~ U{0..min(|C|, m)}, p = n/m down to 10 %
     splits: tuple[str, ...] = ("train",)
     direction: str | None = None
     train_category: str = "uniform"
@@ -125,14 +131,18 @@ def parse_spec(path: Path) -> TaskSpec:
 
     check(isinstance(data["version"], int), "version", "an integer")
     check(data["builder"] in BUILDERS, "builder", f"one of {', '.join(BUILDERS)}")
-    for k in ("item_count_train", "proportions", "splits", "metrics"):
+    for k in ("item_count_train", "item_count_rl", "proportions", "splits", "metrics"):
         if k in data:
             check(isinstance(data[k], list), k, "a list")
             data[k] = tuple(data[k])
-    if "item_count_train" in data:
-        lo_hi = data["item_count_train"]
-        check(len(lo_hi) == 2 and all(isinstance(x, int) for x in lo_hi) and 1 <= lo_hi[0] <= lo_hi[1],
-              "item_count_train", "[low, high] with 1 <= low <= high")
+    for k in ("item_count_train", "item_count_rl"):
+        if k in data:
+            lo_hi = data[k]
+            check(len(lo_hi) == 2 and all(isinstance(x, int) for x in lo_hi) and 1 <= lo_hi[0] <= lo_hi[1],
+                  k, "[low, high] with 1 <= low <= high")
+    if data.get("rl_category") is not None:
+        check(data["rl_category"] in CATEGORY_RULES, "rl_category", f"one of {', '.join(CATEGORY_RULES)}")
+    check(data.get("rl_proportion", "draw") in PROPORTION_RULES, "rl_proportion", f"one of {', '.join(PROPORTION_RULES)}")
     if "direction" in data:
         check(data["direction"] in DIRECTIONS, "direction", f"one of {', '.join(DIRECTIONS)}")
     for k in ("train_category", "test_category"):

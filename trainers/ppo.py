@@ -864,13 +864,13 @@ class RecPPOTrainer:
 
 
 # --------------------------------------------------------------------------- entry point
-def load_rows(cfg: RecPPOConfig, catalog, split: str = "train") -> list[dict]:
+def load_rows(cfg: RecPPOConfig, catalog, split: str | None = None) -> list[dict]:
     """Training (or validation) prompts with their reward fields, checked before any rollout."""
     from .rewarding import check_reward_rows, train_reward_rows
 
-    rows = train_reward_rows(cfg.data, cfg.tasks, cfg.max_train_samples if split == "train" else None, cfg.seed,
+    rows = train_reward_rows(cfg.data, cfg.tasks, cfg.max_train_samples if split != "valid" else None, cfg.seed,
                              split=split).to_list()
-    check_reward_rows(rows, catalog, f"{cfg.data}/dataset ({split})")
+    check_reward_rows(rows, catalog, f"{cfg.data}/dataset ({split or 'rl or train'})")
     return rows
 
 

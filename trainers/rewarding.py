@@ -92,16 +92,19 @@ REWARD_COLUMNS = ("task", "rule", "history", "target", "item_count", "category",
 
 
 def train_reward_rows(data: str | Path, tasks: str | None = None, max_samples: int | None = None, seed: int = 0,
-                      split: str = "train"):
-    """The ``train`` split of ``data/dataset`` as RL prompts: ``prompt`` (conversational) plus
-    the reward columns, no ``completion``. Without ``tasks``: every task the rewards judge
-    (I0, I1*, I2*; I3 and I4 rows have no item list to reward)."""
+                      split: str | None = None):
+    """RL prompts from ``data/dataset``: its ``rl`` split when the build wrote one
+    (``--rl-split``: the official RL sampling), else ``train``; ``prompt`` (conversational)
+    plus the reward columns, no ``completion``. Without ``tasks``: every task the rewards
+    judge (I0, I1*, I2*; I3 and I4 rows have no item list to reward)."""
     import datasets
 
     path = Path(data) / "dataset"
     if not path.is_dir():
         raise DataError(f"{data}: no dataset/ folder; build one with `recalign data build --out {data}`")
     dd = datasets.load_from_disk(str(path))
+    if split is None:
+        split = "rl" if "rl" in dd else "train"
     if split not in dd:
         raise DataError(f"{data}: no {split} split in dataset/ (splits: {', '.join(dd)})")
     train = dd[split]

@@ -1,6 +1,8 @@
 """Instruction datasets: every label obeys its own instruction; determinism; bad input."""
 import json
+from collections import Counter
 
+import numpy as np
 import pytest
 import torch
 
@@ -335,3 +337,49 @@ def test_show_cli(ml100k_dir, tmp_path, capsys, ds):
     assert main(["data", "build", "--data", str(ml100k_dir), "--teacher", str(tdir), "--tasks", "I9",
                  "--out", str(tmp_path / "x")]) == 2
     assert "unknown task 'I9'" in capsys.readouterr().err and not (tmp_path / "x").exists()
+
+
+def test_rl_split_draws_prompts_by_the_official_rules(ml100k_dir, tmp_path, ds):
+    """--rl-split: RL prompts from the training windows with REFERENCE.md §1.7's draws
+    (item_count U{6..10}; I1+ a category of the target; I1- uniform among the teacher list's
+    frequent categories; I2 n ~ U{0..min(|C|, m)}, p = n/m down to 10 %), and the other
+    splits exactly as without it."""
+    import math
+
+    import datasets
+
+    from recalign.trainers.rewarding import train_reward_rows
+
+    tdir = untrained_teacher_dir(ds, tmp_path / "t", seed=1)
+    cfg = dict(max_users=60, seed=5)
+    plain = build_dataset(ml100k_dir, tdir, "I0,I1,I2,I3", tmp_path / "plain", BuildConfig(**cfg))
+    out = build_dataset(ml100k_dir, tdir, "I0,I1,I2,I3", tmp_path / "rl", BuildConfig(**cfg, rl_split=True))
+    for split in ("train", "valid", "test"):
+        assert (plain / f"{split}.jsonl").read_bytes() == (out / f"{split}.jsonl").read_bytes()
+    rl = [json.loads(x) for x in (out / "rl.jsonl").read_text().splitlines()]
+    assert {r["task"] for r in rl} == {"I0", "I1+", "I1-", "I2<=", "I2>=", "I2~"}    # rewarded tasks only
+    assert all(6 <= r["item_count"] <= 10 and r["split"] == "rl" for r in rl)
+    assert len({r["item_count"] for r in rl if r["task"] == "I0"}) > 2
+    cat = ds.catalog
+    for r in rl:
+        seq = ds.sequences[[str(u) for u in ds.users["user_id"]].index(r["user_id"])] if ds.users is not None \
+            else ds.sequences[int(r["user_id"])]
+        assert r["target"] in set(map(int, seq[:-2]))               # a training window, never valid/test
+        if r["task"] == "I1+":
+            assert r["category"] in cat.item_categories[r["target"]]
+        if r["task"].startswith("I2"):
+            size = int(cat.category_mask(r["category"]).sum())
+            assert 0 <= r["n"] <= min(size, r["item_count"])
+            assert r["proportion"] == math.floor(10 * r["n"] / r["item_count"]) / 10
+    assert len({r["n"] for r in rl if r["task"] == "I2<="}) > 3
+    minus = [r for r in rl if r["task"] == "I1-"]
+    top = Teacher.load(tdir, data=ds).topk([np.asarray(r["history"]) for r in minus], k=10)
+    for r, t in zip(minus, top):                  # counted >= min(2, max) times in the teacher's top-10
+        counts = Counter(c for i in t for c in cat.item_categories[int(i)])
+        assert counts[r["category"]] >= min(2, max(counts.values()))
+    dd = datasets.load_from_disk(str(out / "dataset"))
+    assert set(dd) == {"train", "valid", "test", "rl"} and dd["rl"].num_rows == len(rl)
+    assert json.loads((out / "card.json").read_text())["counts"]["rl"]["I0"] == 60
+    assert train_reward_rows(out).num_rows == len(rl)              # RL trains on it when it is there
+    assert train_reward_rows(plain).num_rows == sum(1 for x in (plain / "train.jsonl").read_text().splitlines()
+                                                   if json.loads(x)["task"] not in ("I3", "I3-QA"))
