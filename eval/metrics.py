@@ -7,7 +7,8 @@ to K for every metric except CorrectCount:
 * ``HR`` 1 if the target is in the list; ``NDCG`` 1/log2(pos+2); ``MRR`` 1/(pos+1)
   (pos: first occurrence, 0-based). None when the row has no target.
 * ``TCP`` share of the K slots holding a catalog item in the row's category (``I1-``: NOT
-  in it). None without a category.
+  in it, higher is better; ``tcp_minus="inside"``: in it, lower is better, as the official
+  RecLM-gen code reports it). None without a category.
 * ``CPA`` (I2 only) with cnt = in-category items, n = the row's required count:
   ≥: cnt ≥ n; ≈: |cnt − n| ≤ 1; ≤: cnt + NonExist ≤ n.
 * ``NonExist`` (no catalog title), ``RepeatItem`` (same item, or same unknown title, as an
@@ -46,7 +47,7 @@ _ORDER = ("HR", "NDCG", "MRR", "TCP", "CPA", "CorrectCount", "NonExist", "NonExi
 
 def sample_metrics(row: Mapping, completion, catalog: Catalog, *, fuzzy: bool = False,
                    full_history: Sequence[int] | None = None, spec: RowSpec | None = None,
-                   parser: str = "lenient") -> dict:
+                   parser: str = "lenient", tcp_minus: str = "outside") -> dict:
     """Metrics of one answer. ``completion``: text, conversational messages, or a list of
     titles. ``full_history`` (or the row's ``full_history`` field): the user's whole history
     for ``InFullHistory``. ``parser``: ``lenient`` (ours) or ``strict`` (RecLM-gen's: every
@@ -112,7 +113,7 @@ def sample_metrics(row: Mapping, completion, catalog: Catalog, *, fuzzy: bool = 
     if spec.cat_mask is None:
         out["TCP"] = None
     else:
-        out["TCP"] = (out_cat if spec.task == "I1-" else in_cat) / k
+        out["TCP"] = (out_cat if spec.task == "I1-" and tcp_minus == "outside" else in_cat) / k
     if spec.task.startswith("I2"):
         n = spec.n
         if spec.task == "I2>=":
@@ -169,7 +170,8 @@ def aggregate_metrics(samples: Iterable[Mapping]) -> dict[str, dict[str, float]]
 
 def evaluate(rows: Sequence[Mapping], completions: Sequence, catalog: Catalog, *, fuzzy: bool = True,
              full_histories: Sequence[Sequence[int] | None] | None = None,
-             return_samples: bool = False, skip_other_tasks: bool = True, parser: str = "lenient") -> dict:
+             return_samples: bool = False, skip_other_tasks: bool = True, parser: str = "lenient",
+             tcp_minus: str = "outside") -> dict:
     """Aggregated metrics of a set of answers: ``{"exact": {task: {...}}, "fuzzy": {...}}``
     (``"fuzzy"`` only when asked; exact and fuzzy matching are reported separately).
 
@@ -190,7 +192,7 @@ def evaluate(rows: Sequence[Mapping], completions: Sequence, catalog: Catalog, *
         keep.append((i, r, row_spec(r, catalog)))
     out: dict = {}
     for mode in ((False, True) if fuzzy else (False,)):
-        samples = [sample_metrics(r, completions[i], catalog, fuzzy=mode, spec=s, parser=parser,
+        samples = [sample_metrics(r, completions[i], catalog, fuzzy=mode, spec=s, parser=parser, tcp_minus=tcp_minus,
                                   full_history=None if full_histories is None else full_histories[i])
                    for i, r, s in keep]
         name = "fuzzy" if mode else "exact"

@@ -419,6 +419,12 @@ def write_report(out: str | Path, runs: list[dict], curves: dict[str, list[dict]
                   "rank the same 10-item prompt windows with history items masked (teacher: the run's, named in its row; most "
                   "popular: training-interaction counts). Decoding: free; grounded = greedy through the title "
                   "trie; beam = grounded beam search over titles (D3 scoring)."]
+    from recalign.rewards.protocol import protocol_of
+
+    inside = sorted({r["name"] for r in runs if protocol_of(r).get("tcp_minus") == "inside"})
+    lines[-1] += (" I1- TCP: the share of slots outside the excluded category (higher is better)"
+                  + (f"; for {', '.join(inside)} (protocol tcp_minus: inside, as the official code reports it) "
+                     "the share inside it (lower is better)." if inside else "."))
     judged = [r for r in runs if r.get("judge")]
     if judged:
         lines += ["", "## Reward as judge (I0)", "",

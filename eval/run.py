@@ -288,6 +288,7 @@ def _score_and_write(cfg: EvalConfig, rows, answers, ds, card, proto, overwrite,
         cut = {"test": 1, "valid": 2}.get(cfg.split, 2)
         full = {r["user_id"]: ds.sequences[by_id[r["user_id"]]][:-cut] for r in rows if r["user_id"] in by_id}
     res = evaluate(rows, answers, ds.catalog, fuzzy=True, return_samples=True, parser=proto.parser,
+                   tcp_minus=proto.tcp_minus,
                    full_histories=[full.get(r["user_id"]) for r in rows])
     _keep_task_metrics(res, cfg.data)
     intervals, per_row = intervals_and_rows(rows, res["samples_exact"])

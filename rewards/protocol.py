@@ -13,6 +13,9 @@ differ in named options, each with two values, so a user can switch one at a tim
 * ``reward_ranks``: ``masked`` ranks an item among the items outside the prompt's history
   (the teacher's labels are made that way, and history items are illegal anyway);
   ``unmasked`` is the official ranking endpoint, whose ranks count history items too.
+* ``tcp_minus``: ``outside`` reports I1- TCP as the share of slots outside the excluded
+  category (higher is better, like I1+'s); ``inside`` is the official report, the in-category
+  share (lower is better). Ours keeps "higher is better" for every TCP in a table.
 
 PPO also takes its optimisation details from the protocol where its own fields are unset
 (:data:`RL_DEFAULTS`: reward scaling by a running std, warm-up + power-2 decay, AdamW eps and
@@ -22,7 +25,7 @@ has that are not wired here yet (per-sequence minibatches, full lm_head tuning) 
 the README's protocol section, not accepted silently as options that do nothing.
 
 >>> get_protocol("reclm-gen").parser, get_protocol("reclm-gen", parser="lenient").as_dict()
-('strict', {'name': 'reclm-gen', 'parser': 'lenient', 'reward_ranks': 'unmasked'})
+('strict', {'name': 'reclm-gen', 'parser': 'lenient', 'reward_ranks': 'unmasked', 'tcp_minus': 'inside'})
 """
 from __future__ import annotations
 
@@ -39,16 +42,17 @@ class Protocol:
     name: str
     parser: str = "lenient"
     reward_ranks: str = "masked"
+    tcp_minus: str = "outside"
 
     def as_dict(self) -> dict:
         return asdict(self)
 
 
 PROTOCOLS = {
-    "recalign": Protocol("recalign", parser="lenient", reward_ranks="masked"),
-    "reclm-gen": Protocol("reclm-gen", parser="strict", reward_ranks="unmasked"),
+    "recalign": Protocol("recalign", parser="lenient", reward_ranks="masked", tcp_minus="outside"),
+    "reclm-gen": Protocol("reclm-gen", parser="strict", reward_ranks="unmasked", tcp_minus="inside"),
 }
-CHOICES = {"parser": PARSERS, "reward_ranks": RANKS}
+CHOICES = {"parser": PARSERS, "reward_ranks": RANKS, "tcp_minus": ("outside", "inside")}
 
 
 def get_protocol(name: str | None = "recalign", **overrides) -> Protocol:
@@ -77,5 +81,7 @@ RL_DEFAULTS = {
 
 
 def protocol_of(run: dict) -> dict:
-    """A metrics.json's protocol; runs written before protocols existed used ``recalign``."""
-    return run.get("protocol") or PROTOCOLS["recalign"].as_dict()
+    """A metrics.json's protocol; runs written before protocols existed used ``recalign``, and
+    before ``tcp_minus`` existed every run reported I1- TCP as the share outside the category."""
+    found = run.get("protocol")
+    return {"tcp_minus": "outside", **found} if found else PROTOCOLS["recalign"].as_dict()

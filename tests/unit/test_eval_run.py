@@ -192,7 +192,7 @@ def test_rescore_under_the_reclm_gen_protocol_reuses_the_answers(setup):
     out = run_eval(EvalConfig(data=str(data), out=str(tmp / "strict"), tasks="I0", limit=3, rescore=str(src),
                               protocol="reclm-gen", model="no-such-model"))   # no model is loaded
     a, b = (json.loads((d / "metrics.json").read_text()) for d in (src, out))
-    assert b["protocol"] == {"name": "reclm-gen", "parser": "strict", "reward_ranks": "unmasked"}
+    assert b["protocol"] == {"name": "reclm-gen", "parser": "strict", "reward_ranks": "unmasked", "tcp_minus": "inside"}
     assert a["protocol"]["parser"] == "lenient" and b["rescored_from"] == str(src) and b["name"] == "tiny"
     ga = [json.loads(x)["answer"] for x in (src / "generations.jsonl").read_text().splitlines()]
     gb = [json.loads(x)["answer"] for x in (out / "generations.jsonl").read_text().splitlines()]

@@ -64,13 +64,30 @@ def test_strict_parser_and_metrics():
 
 
 def test_protocol_options_and_errors():
-    assert get_protocol("recalign").as_dict() == {"name": "recalign", "parser": "lenient", "reward_ranks": "masked"}
+    assert get_protocol("recalign").as_dict() == {"name": "recalign", "parser": "lenient", "reward_ranks": "masked",
+                                                  "tcp_minus": "outside"}
     assert get_protocol("reclm-gen", reward_ranks="masked").reward_ranks == "masked"
     with pytest.raises(DataError, match="choose one of recalign, reclm-gen"):
         get_protocol("reclm")
     with pytest.raises(DataError, match="--parser 'exact': choose one of lenient, strict"):
         get_protocol("recalign", parser="exact")
     assert protocol_of({}) == get_protocol("recalign").as_dict()
+    # a run written before tcp_minus existed reported I1- TCP outside the category, whatever its protocol
+    old = {"name": "reclm-gen", "parser": "strict", "reward_ranks": "unmasked"}
+    assert protocol_of({"protocol": old})["tcp_minus"] == "outside"
+
+
+def test_official_tcp_for_i1_minus_counts_the_excluded_category():
+    row = {"task": "I1-", "history": [3], "target": 4, "item_count": 2, "category": "Crime"}
+    text = "1. Heat\n2. Toy Story"                     # one slot in the excluded category
+    ours = sample_metrics(row, text, CAT)["TCP"]
+    official = sample_metrics(row, text, CAT, parser="strict", tcp_minus=get_protocol("reclm-gen").tcp_minus)["TCP"]
+    assert (ours, official) == (0.5, 0.5)
+    text = "1. Heat\n2. Casino"                        # both in it: ours 0 (bad), official 1 (bad: lower is better)
+    assert sample_metrics(row, text, CAT)["TCP"] == 0.0
+    assert sample_metrics(row, text, CAT, tcp_minus="inside")["TCP"] == 1.0
+    plus = {**row, "task": "I1+"}
+    assert sample_metrics(plus, text, CAT, tcp_minus="inside")["TCP"] == 1.0   # I1+ is the same either way
 
 
 def test_comparison_across_protocols_is_refused():
