@@ -70,6 +70,7 @@ def headline(evals: dict[str, dict]) -> str:
                      f"{_ci(m, 'all', 'CorrectCount', True)} | {errs} | {_ci(m, 'I1+', 'TCP', True)} | "
                      f"{_ci(m, 'I1-', 'TCP', True)} |")
         ref = ref or m
+    ret = [(m["name"], m["retention"]) for _, m in items if m.get("retention") and not m.get("rescored_from")]
     for key, label in (("teacher", "SASRec teacher"), ("popularity", "most popular")):
         t = (ref or {}).get(key)
         if t:
@@ -77,6 +78,15 @@ def headline(evals: dict[str, dict]) -> str:
             ci = t.get("intervals", {})
             lines.append(f"| {label} | ranking | {t['HR']:.3f} [{ci['HR'][0]:.3f}, {ci['HR'][1]:.3f}] | "
                          f"{t['NDCG']:.3f} [{ci['NDCG'][0]:.3f}, {ci['NDCG'][1]:.3f}] | – | – | – | – |")
+    if ret:
+        def cell(r):
+            if not r:
+                return "– | –"
+            ci = r.get("ci")
+            return f"{100 * r['accuracy']:.1f}%" + (f" [{100 * ci[0]:.1f}, {100 * ci[1]:.1f}]" if ci else "") + \
+                f" | {r['n']}"
+        lines += ["", "| model | MMLU 5-shot [95% CI] | n | GSM8K 8-shot CoT [95% CI] | n |", "|---|---|---|---|---|"]
+        lines += [f"| {name} | {cell(r.get('mmlu'))} | {cell(r.get('gsm8k'))} |" for name, r in ret]
     return "\n".join(lines) + "\n"
 
 
@@ -127,6 +137,8 @@ def main() -> None:
     runs = [json.loads((run / n / "metrics.json").read_text()) for n, _ in stage_times(run)
             if n.startswith("eval-") and (run / n / "metrics.json").is_file()]
     curves, validation = {}, {}
+    if (run / "sft" / "card.json").is_file():                 # the SFT loss and valid-loss curve
+        curves["sft"] = json.loads((run / "sft" / "card.json").read_text()).get("log_history", [])
     for method in recipe.get("rl") or {}:
         card = run / method / "card.json"
         if card.is_file():
