@@ -242,8 +242,7 @@ def test_cpu_bf16_on_a_cpu_without_bf16_fails_before_any_stage(monkeypatch):
 
     from recalign.pipeline import validate_recipe
 
-    recipe = load_recipe(RECIPE, "proof")
-    assert recipe["sft"]["cpu_bf16"] is True
+    recipe = load_recipe(RECIPE, "proof", {"sft": {"cpu_bf16": True}})
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)
     monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
