@@ -78,10 +78,11 @@ class HFBackend(Backend):
 
         from recalign.models import load_model, resolve_model
 
-        from recalign.models.device import compute_dtype, device
+        from recalign.models.device import compute_dtype, device, dtype_name
 
         dtypes = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
         dtype = compute_dtype() if self.dtype == "auto" else dtypes[self.dtype]
+        self.dtype = dtype_name(dtype)          # the dtype it runs in, for cards and reports
         self.model_obj, self.tok = load_model(self.model, dtype=dtype)
         if self.adapter:
             from peft import PeftModel
