@@ -29,6 +29,7 @@ import datetime as dt
 import json
 import os
 import platform
+import resource
 import shlex
 import sys
 import tempfile
@@ -48,7 +49,33 @@ MODES = {
     "packing": {"packing": True, "packing_strategy": "bfd"},
     # padding-free with bf16 autocast: only on CPUs with AVX512-BF16 or AMX (skipped elsewhere)
     "padding_free_bf16": {"padding_free": True, "max_length": None, "cpu_bf16": True},
+    # what recalign's trainers run: padding-free plus models/device.py's tune_cpu_training
+    # (large blocks kept on the heap, LM head on completion positions only)
+    "tuned": {"padding_free": True, "max_length": None, "_tuned": True},
+    "tuned_bf16": {"padding_free": True, "max_length": None, "cpu_bf16": True, "_tuned": True},
 }
+
+
+def set_tuning(on: bool) -> None:
+    """Switch tune_cpu_training on, or back to glibc's and TRL's defaults, so that tuned and
+    untuned modes alternate fairly in one process."""
+    import ctypes
+
+    import trl.kernels.chunked_logprob as kernels
+    import trl.trainer.utils as trl_utils
+
+    from recalign.models import device
+
+    if on:
+        device._CPU_TUNED = None
+        log(f"tune_cpu_training: {device.tune_cpu_training()}")
+        return
+    libc = ctypes.CDLL("libc.so.6")
+    libc.mallopt(-4, 65536)           # M_MMAP_MAX default
+    libc.mallopt(-1, 128 * 1024)      # M_TRIM_THRESHOLD default
+    libc.malloc_trim(0)
+    trl_utils._use_triton = kernels._use_triton
+    device._CPU_TUNED = None
 LIMIT = 900           # real tokens/s: this CPU's bf16 limit for LoRA on SmolLM2's top 10 layers (DESIGN.md)
 
 
@@ -87,14 +114,17 @@ def run_mode(args, mode: str, data: Path, workdir: Path) -> dict:
         def on_step_end(self, a, state, control, **kw):
             if state.global_step == args.warmup:
                 self.t0, self.tok0 = time.perf_counter(), state.num_input_tokens_seen
+                self.ru0 = resource.getrusage(resource.RUSAGE_SELF)
 
     cfg = sft.RecSFTConfig(
         model=args.model, data=str(data), output_dir=str(workdir / mode), seed=args.seed,
         max_train_samples=args.rows, per_device_train_batch_size=args.batch_size,
         max_steps=args.warmup + args.steps, logging_steps=1,
         save_strategy="no", report_to=[], include_num_input_tokens_seen="non_padding", disable_tqdm=True,
-        **{"max_length": args.max_length, "lora_top_layers": args.lora_top_layers, **MODES[mode]})
+        **{"max_length": args.max_length, "lora_top_layers": args.lora_top_layers,
+           **{k: v for k, v in MODES[mode].items() if not k.startswith("_")}})
     clock = Clock()
+    set_tuning(bool(MODES[mode].get("_tuned")))
     model, tok = load_model(cfg.model)
     tok.padding_side = "right"
     train_rows, _ = sft.load_rows(cfg)
@@ -102,12 +132,15 @@ def run_mode(args, mode: str, data: Path, workdir: Path) -> dict:
                              peft_config=sft.lora_config(cfg, model), callbacks=[clock])
     trainer.train()
     seconds = time.perf_counter() - clock.t0
+    ru = resource.getrusage(resource.RUSAGE_SELF)
+    cpu = (ru.ru_utime - clock.ru0.ru_utime) + (ru.ru_stime - clock.ru0.ru_stime)
+    sys_share = (ru.ru_stime - clock.ru0.ru_stime) / cpu if cpu else 0.0
     tokens = int(trainer.state.num_input_tokens_seen - clock.tok0)
     losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
     del trainer, model
     torch.cuda.empty_cache() if torch.cuda.is_available() else None
     return {"mode": mode, "seconds": seconds, "tokens": tokens, "tokens_per_s": tokens / seconds,
-            "steps_per_s": args.steps / seconds, "loss_last5": sum(losses[-5:]) / len(losses[-5:]),
+            "steps_per_s": args.steps / seconds, "sys_share": sys_share, "loss_last5": sum(losses[-5:]) / len(losses[-5:]),
             "losses": losses}
 
 
@@ -115,16 +148,21 @@ def markdown(meta: dict, best: dict) -> str:
     ref = "plain_trl" if "plain_trl" in best else next(iter(best))
     base = best[ref]["tokens_per_s"]
     rows = [f"| {m} | {r['tokens_per_s']:.0f} | {r['steps_per_s']:.3f} | {r['tokens'] / meta['steps']:.0f} "
-            f"| {r['tokens_per_s'] / base:.2f}x | {r['tokens_per_s'] / LIMIT:.0%} | {r['loss_last5']:.3f} |"
+            f"| {r['tokens_per_s'] / base:.2f}x | {r['tokens_per_s'] / LIMIT:.0%} | {r['sys_share']:.0%} "
+            f"| {r['loss_last5']:.3f} |"
             for m, r in best.items()]
     loss_rows = []
-    if "padding_free" in best and "padding_free_bf16" in best:
-        a, b = best["padding_free"]["losses"], best["padding_free_bf16"]["losses"]
+    for a_mode, b_mode, what in (("padding_free", "padding_free_bf16", "bf16 autocast against fp32"),
+                                 ("padding_free", "tuned", "tuned against untuned, fp32"),
+                                 ("padding_free", "tuned_bf16", "tuned bf16 against untuned fp32")):
+        if a_mode not in best or b_mode not in best:
+            continue
+        a, b = best[a_mode]["losses"], best[b_mode]["losses"]
         diff = [abs(x - y) for x, y in zip(a, b)]
-        loss_rows = ["Loss curve, bf16 autocast against fp32 on the same rows and order (padding-free, same "
-                     f"LoRA): mean |difference| per step {sum(diff) / len(diff):.4f} over {len(diff)} steps "
-                     f"(largest {max(diff):.4f}); fp32 losses {', '.join(f'{x:.3f}' for x in a)}; "
-                     f"bf16 {', '.join(f'{x:.3f}' for x in b)}.", ""]
+        loss_rows += [f"Loss curve, {what} on the same rows and order (padding-free, same LoRA): mean "
+                      f"|difference| per step {sum(diff) / len(diff):.4f} over {len(diff)} steps (largest "
+                      f"{max(diff):.4f}); {a_mode} {', '.join(f'{x:.3f}' for x in a)}; "
+                      f"{b_mode} {', '.join(f'{x:.3f}' for x in b)}.", ""]
     return "\n".join([
         SECTION, "",
         f"Command: `{meta['command']}`", "",
@@ -133,8 +171,8 @@ def markdown(meta: dict, best: dict) -> str:
         f"{meta['lora_top_layers']} layers, batch {meta['batch_size']}, max_length {meta['max_length']}, "
         f"{meta['warmup']} warm-up + {meta['steps']} timed steps, best of {meta['repeats']}.", "",
         f"| mode | real tokens/s | steps/s | real tokens/step | vs {ref} | share of the {LIMIT} tokens/s limit "
-        "| loss (last 5 steps) |",
-        "|---|---|---|---|---|---|---|", *rows, "", *loss_rows,
+        "| system time (share of CPU) | loss (last 5 steps) |",
+        "|---|---|---|---|---|---|---|---|", *rows, "", *loss_rows,
         f"Goal (issue: speed): >= 500 real tokens/s on 2 idle cores, >= 5x {ref}, loss curve unchanged.", ""])
 
 

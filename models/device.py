@@ -55,3 +55,56 @@ def bnb_4bit_config():
     dt = compute_dtype()
     return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=dt,
                               bnb_4bit_quant_storage=dt)
+
+
+_CPU_TUNED: list[str] | None = None
+
+
+def tune_cpu_training(torch_compile: bool = False) -> list[str]:
+    """Two fixes for training on a CPU, measured in bench/sft.py (RESULTS.md, "SFT on CPU:
+    allocator and completion-only head"); a no-op on a GPU. Returns what it changed.
+
+    * glibc hands every allocation above 32 MB to ``mmap`` and unmaps it on free, so each
+      logits tile of TRL's chunked LM head (tokens x 32k vocab, ~130 MB in fp32) is faulted
+      in page by page on every step: a third of the step was system time. Large blocks now
+      stay on the heap (``M_MMAP_MAX=0``) and the heap is not trimmed; RSS stays at its peak.
+    * TRL's fused LM head scores only the completion positions on Triton devices and every
+      position elsewhere, to spare compilers a new shape per batch (its comment names Neuron).
+      Eager CPU training compiles nothing, so the prompt part of the 49k-vocab head was
+      wasted work: it now scores completion positions on CPU too (not under torch_compile).
+      The loss is the same (tests/unit/test_device.py).
+
+    >>> tune_cpu_training() if not __import__("torch").cuda.is_available() else []  # doctest: +SKIP
+    ['malloc', 'completion-only head']
+    """
+    global _CPU_TUNED
+    import torch
+
+    if torch.cuda.is_available():
+        return []
+    if _CPU_TUNED is None:
+        import ctypes
+        import ctypes.util
+
+        _CPU_TUNED = []
+        try:
+            libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+            # M_TRIM_THRESHOLD = -1, M_MMAP_MAX = -4 (malloc.h); mallopt returns 1 on success
+            if libc.mallopt(-4, 0) == 1 and libc.mallopt(-1, 2 ** 31 - 1) == 1:
+                _CPU_TUNED.append("malloc")
+        except (OSError, AttributeError):      # not glibc (musl, macOS): nothing to tune
+            pass
+    done = list(_CPU_TUNED)
+    if torch_compile:
+        return done
+    import trl.trainer.utils as trl_utils
+
+    picker = getattr(trl_utils, "_use_triton", None)
+    if picker is None:                         # TRL moved it: the head scores every position, still correct
+        return done
+    if not getattr(picker, "recalign_cpu", False):
+        def compact_on_cpu(dev, _orig=picker):
+            return dev.type == "cpu" or _orig(dev)
+        compact_on_cpu.recalign_cpu = True
+        trl_utils._use_triton = compact_on_cpu
+    return done + ["completion-only head"]

@@ -365,7 +365,9 @@ def train(cfg: RecASFTConfig) -> Path:
         pick = np.sort(np.random.default_rng(cfg.seed).choice(len(rows), cfg.max_train_samples, replace=False))
         rows, w = [rows[i] for i in pick], w[pick]
         b = b[pick] if b is not None else None
+    from recalign.models.device import tune_cpu_training
 
+    cpu_tuning = tune_cpu_training(cfg.torch_compile)
     kw = {}
     if cfg.load_in_4bit:
         from recalign.models.device import bnb_4bit_config
@@ -429,7 +431,7 @@ def train(cfg: RecASFTConfig) -> Path:
     write_json(out / "card.json", provenance(
         "trainers.asft", {k: v for k, v in asdict(cfg).items() if not k.startswith("_")}, seed=cfg.seed,
         inputs=inputs, base_model=str(base), base_fingerprint=model_fingerprint(base),
-        sft_adapter=cfg.adapter, rl_adapter=str(rl_dir),
+        sft_adapter=cfg.adapter, rl_adapter=str(rl_dir), cpu_tuning=cpu_tuning,
         weighting=cfg.weighting, baseline=cfg.asft_baseline, baseline_teacher=teacher_dir,
         lam=cfg.asft_lambda, clip=cfg.asft_clip, clip_advantage=cfg.asft_clip_advantage,
         normalize_per_batch=cfg.asft_normalize,

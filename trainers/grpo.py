@@ -130,6 +130,9 @@ def train(cfg: _RecRLFields, method: str | None = None) -> Path:
     ctx = load_reward_context(cfg.data, fuzzy=cfg.fuzzy, protocol=cfg.protocol, parser=cfg.parser,
                               reward_ranks=cfg.reward_ranks)
     check_reward_rows(rows, ctx.catalog, f"{cfg.data}/dataset (train)")    # before any rollout
+    from recalign.models.device import tune_cpu_training
+
+    cpu_tuning = tune_cpu_training(cfg.torch_compile)
     model, tok = load_policy(cfg.model, cfg.adapter)
     out = Path(cfg.output_dir)
     last = None
@@ -156,7 +159,7 @@ def train(cfg: _RecRLFields, method: str | None = None) -> Path:
     write_json(out / "card.json", provenance(
         f"trainers.{method}", {k: v for k, v in asdict(cfg).items() if not k.startswith("_")}, seed=cfg.seed,
         inputs=inputs, method=method, base_model=str(base), base_fingerprint=model_fingerprint(base),
-        sft_adapter=cfg.adapter, rl_adapter=str(rl_dir), train_rows=len(rows), resumed_from=last,
+        sft_adapter=cfg.adapter, rl_adapter=str(rl_dir), train_rows=len(rows), resumed_from=last, cpu_tuning=cpu_tuning,
         reward_funcs=list(trainer.reward_func_names), reward_weights=list(cfg.reward_weights),
         log_history=trainer.state.log_history))
     return out

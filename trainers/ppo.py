@@ -886,6 +886,9 @@ def train(cfg: RecPPOConfig) -> Path:
     ctx = load_reward_context(cfg.data, cfg.teacher, fuzzy=cfg.fuzzy, protocol=cfg.protocol, parser=cfg.parser,
                               reward_ranks=cfg.reward_ranks)
     rows = load_rows(cfg, ctx.catalog)
+    from recalign.models.device import tune_cpu_training
+
+    cpu_tuning = tune_cpu_training()
     model, tok = load_policy(cfg.model, cfg.adapter)
     trainer = RecPPOTrainer(cfg, model, tok, rows, reward_fn=ctx.score, titles=ctx.catalog.titles[1:])
     if cfg.valid_rows:
@@ -902,7 +905,7 @@ def train(cfg: RecPPOConfig) -> Path:
             "trainers.ppo", asdict(cfg), seed=cfg.seed,
             inputs={"train_jsonl": sha256_file(data_jsonl)} if data_jsonl.is_file() else {},
             base_model=str(base), base_fingerprint=model_fingerprint(base), sft_adapter=cfg.adapter,
-            train_rows=len(rows), resumed_from=trainer.resumed_from, skipped_samples=trainer.skipped_total,
+            train_rows=len(rows), resumed_from=trainer.resumed_from, cpu_tuning=cpu_tuning, skipped_samples=trainer.skipped_total,
             validation=trainer.validation_summary(best_step), log_history=history))
         for f in ("best_actor.safetensors", "best_actor.json"):
             (out / f).unlink(missing_ok=True)

@@ -295,7 +295,10 @@ class RLRF4RecLoop:
         from recalign.models.device import trainer_precision
         from recalign.trainers.sft import lora_config
 
+        from recalign.models.device import tune_cpu_training
+
         cfg = self.cfg
+        tune_cpu_training()
         model, tok = load_policy(cfg.model, prev_adapter)
         tok.padding_side = "right"
         args = DPOConfig(output_dir=str(work / "dpo"), beta=cfg.beta, loss_type=[cfg.loss_type],

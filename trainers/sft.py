@@ -120,7 +120,10 @@ def train(cfg: RecSFTConfig) -> Path:
     from recalign.models import load_model, resolve_model
     from recalign.models.resolve import model_fingerprint
 
+    from recalign.models.device import tune_cpu_training
+
     train_rows, valid_rows = load_rows(cfg)
+    cpu_tuning = tune_cpu_training(cfg.torch_compile)
     kw = {}
     if cfg.load_in_4bit:
         from recalign.models.device import bnb_4bit_config
@@ -151,7 +154,7 @@ def train(cfg: RecSFTConfig) -> Path:
     write_json(out / "card.json", provenance(
         "trainers.sft", {k: v for k, v in asdict(cfg).items() if not k.startswith("_")}, seed=cfg.seed,
         inputs=inputs, base_model=str(base), base_fingerprint=model_fingerprint(base),
-        train_rows=len(train_rows), resumed_from=last, log_history=trainer.state.log_history))
+        train_rows=len(train_rows), resumed_from=last, cpu_tuning=cpu_tuning, log_history=trainer.state.log_history))
     return out
 
 

@@ -72,3 +72,41 @@ def test_auto_dtype_asks_the_device_rule(fake_gpu, monkeypatch):
     fake_gpu()
     backends.make_backend("vllm", "tiny-random", dtype="auto", gpu_memory_utilization=0.7)
     assert seen["dtype"] == "bfloat16" and seen["gpu_memory_utilization"] == 0.7
+
+
+def test_cpu_tuning_scores_only_completion_positions_with_the_same_loss(tmp_path, monkeypatch):
+    """TRL's fused head scores every position off Triton; tuned, it scores only the labelled
+    ones, and the loss and its gradient do not change."""
+    if torch.cuda.is_available():
+        pytest.skip("this test describes a CPU machine")
+    import trl.kernels.chunked_logprob as kernels
+    import trl.trainer.utils as trl_utils
+    from transformers import AutoModelForCausalLM
+
+    from recalign.models.resolve import build_tiny_random
+
+    monkeypatch.setattr(trl_utils, "_use_triton", kernels._use_triton)   # TRL as shipped
+    model = AutoModelForCausalLM.from_pretrained(build_tiny_random(tmp_path / "tiny"), dtype=torch.float32)
+    trl_utils.add_fused_lm_head(model)
+    ids = torch.randint(0, model.config.vocab_size, (2, 24), generator=torch.Generator().manual_seed(0))
+    labels = ids.clone()
+    labels[:, :16] = -100                   # the prompt: 15 of 23 scored positions carry no label
+    scored = []
+    apply = trl_utils._ChunkedLogProbFunction.apply
+    monkeypatch.setattr(trl_utils._ChunkedLogProbFunction, "apply",
+                        lambda h, *a: scored.append(h.shape[0]) or apply(h, *a))
+
+    def loss_and_grad():
+        model.zero_grad()
+        loss = model(input_ids=ids, labels=labels, fused_lm_head=True).loss
+        loss.backward()
+        return loss.item(), model.lm_head.weight.grad.clone()
+
+    before, grad_before = loss_and_grad()
+    monkeypatch.setattr(dev, "_CPU_TUNED", None)
+    assert "completion-only head" in dev.tune_cpu_training()
+    after, grad_after = loss_and_grad()
+    assert scored == [2 * 23, 2 * 8]
+    assert after == pytest.approx(before, rel=1e-5)
+    assert torch.allclose(grad_after, grad_before, atol=1e-6)
+    assert "completion-only head" not in dev.tune_cpu_training(torch_compile=True)
