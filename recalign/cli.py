@@ -11,6 +11,36 @@ import sys
 from pathlib import Path
 
 
+class _Formatter(argparse.HelpFormatter):
+    def _format_action_invocation(self, action):
+        # the underscore twins are not listed: one spelling per flag keeps --help readable
+        if action.option_strings and len(action.option_strings) > 1:
+            shown = [s for s in action.option_strings if s in ("--output_dir", "--out") or
+                     ("_" not in s and s != "--output-dir")]
+            action = argparse.Action(shown or action.option_strings[:1], action.dest, nargs=action.nargs,
+                                     metavar=action.metavar, choices=action.choices)
+        return super()._format_action_invocation(action)
+
+
+class _Parser(argparse.ArgumentParser):
+    """One flag dialect for every command: each long flag answers to both spellings,
+    ``--max-users`` and ``--max_users`` (the trainers' TRL flags take both too), and an output
+    directory is ``--output_dir`` everywhere (``--out`` stays as its short form)."""
+
+    def __init__(self, *a, **kw):
+        kw.setdefault("formatter_class", _Formatter)
+        super().__init__(*a, **kw)
+
+    def add_argument(self, *names, **kw):
+        spelled = ["--output_dir", *names, "--output-dir"] if "--out" in names else list(names)
+        for n in names:
+            if n.startswith("--") and "-" in n[2:]:
+                spelled.append("--" + n[2:].replace("-", "_"))
+        if "--out" in names:
+            kw.setdefault("dest", "out")
+        return super().add_argument(*dict.fromkeys(spelled), **kw)
+
+
 def _add_dataclass_args(p: argparse.ArgumentParser, cls, skip: tuple[str, ...] = ()) -> None:
     """One ``--flag`` per dataclass field, typed from its default, help from metadata."""
     for f in dataclasses.fields(cls):
@@ -18,7 +48,8 @@ def _add_dataclass_args(p: argparse.ArgumentParser, cls, skip: tuple[str, ...] =
             continue
         flag = "--" + f.name.replace("_", "-")
         default = f.default
-        help_ = f.metadata.get("help", "") + f" (default: {default})"
+        # argparse %-formats help: a literal % (a Jinja default template has them) must be doubled
+        help_ = (f.metadata.get("help", "") + f" (default: {default})").replace("%", "%%")
         if isinstance(default, bool):
             p.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=help_)
         else:
@@ -334,7 +365,8 @@ def cmd_rlrf4rec(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="recalign", description=__doc__.split("\n")[0])
+    p = _Parser(prog="recalign", description=__doc__.split("\n")[0]
+                + ". Flags take either spelling (--max-users or --max_users).")
     p.add_argument("--version", action="version", version="recalign 0.1.0")
     p.add_argument("--debug", action="store_true", help="show the traceback of an unexpected error")
     sub = p.add_subparsers(dest="command", required=True)

@@ -34,15 +34,21 @@ def _merge(base: dict, over: dict) -> dict:
     return out
 
 
+def _yaml_mapping(path: Path, what: str) -> dict:
+    """A YAML file that must hold a mapping; ``what`` completes "a ... is a mapping of ..."."""
+    try:
+        loaded = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise DataError(f"{path}: not valid YAML ({e})") from None
+    if not isinstance(loaded, dict):
+        raise DataError(f"{path}: {what}")
+    return loaded
+
+
 def _read(path: Path, seen: tuple = ()) -> dict:
     if not path.is_file():
         raise DataError(f"--recipe {path}: file not found (recipes live in recipes/)")
-    try:
-        recipe = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as e:
-        raise DataError(f"{path}: not valid YAML ({e})") from None
-    if not isinstance(recipe, dict):
-        raise DataError(f"{path}: a recipe is a mapping of keys (out, model, sft, ...)")
+    recipe = _yaml_mapping(path, "a recipe is a mapping of keys (out, model, sft, ...)")
     unknown = sorted(set(recipe) - KEYS)
     if unknown:
         raise DataError(f"{path}: unknown key {unknown[0]!r}{suggest(unknown[0], KEYS)}")
@@ -83,12 +89,7 @@ def _resolve_configs(recipe: dict, path: Path) -> None:
         if not ref.is_file():
             raise DataError(f"{path}: {where}.config: {sec['config']} not found (relative to {path.parent}; "
                             f"trainer configs live in recipes/<model>/<method>/)")
-        try:
-            base = yaml.safe_load(ref.read_text()) or {}
-        except yaml.YAMLError as e:
-            raise DataError(f"{ref}: not valid YAML ({e})") from None
-        if not isinstance(base, dict):
-            raise DataError(f"{ref}: a trainer config is a mapping of config fields")
+        base = _yaml_mapping(ref, "a trainer config is a mapping of config fields")
         merged = {k: v for k, v in base.items() if k not in WIRING}
         merged.update({k: v for k, v in sec.items() if k != "config"})
         if where == "sft":

@@ -155,3 +155,28 @@ def test_train_subcommand_runs_the_trainer_modules(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["train", "dpo"])                                   # not a method: argparse lists the choices
     assert "dpo-loop" in capsys.readouterr().err
+
+
+def test_one_flag_dialect_both_spellings_and_output_dir():
+    """Every command's flags take the trainers' (TRL's) snake_case too, and --output_dir is
+    the output flag everywhere; both parse to the same namespace as the kebab/--out forms."""
+    from recalign.cli import build_parser
+
+    p = build_parser()
+    kebab = p.parse_args(["data", "build", "--data", "d", "--teacher", "t", "--out", "o", "--max-users", "3",
+                          "--chat-ratio", "0.5", "--rl-split"])
+    snake = p.parse_args(["data", "build", "--data", "d", "--teacher", "t", "--output_dir", "o", "--max_users", "3",
+                          "--chat_ratio", "0.5", "--rl_split"])
+    assert vars(kebab) == vars(snake) and snake.out == "o" and snake.max_users == 3
+    ev = p.parse_args(["eval", "--data", "d", "--output-dir", "o", "--max_new_tokens", "7", "--gpu_memory_utilization",
+                       "0.5"])
+    assert (ev.out, ev.max_new_tokens, ev.gpu_memory_utilization) == ("o", 7, 0.5)
+    # every command's help renders (teacher train's once failed on a % in a default) and shows
+    # the canonical spelling once
+    for name, sub in p._subparsers._group_actions[0].choices.items():
+        subs = [sub] if sub._subparsers is None else list(sub._subparsers._group_actions[0].choices.values())
+        for s in subs:
+            text = s.format_help()
+            assert "--max_new_tokens" not in text and "--max_users" not in text and "--output-dir" not in text
+            if any("--out" in a.option_strings for a in s._actions):
+                assert "--output_dir OUT, --out OUT" in text
