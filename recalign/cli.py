@@ -122,7 +122,7 @@ def cmd_data_build(args) -> int:
 
     cfg = BuildConfig(epochs=args.epochs, seed=args.seed, sharegpt=args.sharegpt, chat_ratio=args.chat_ratio,
                       reference=args.reference, max_users=args.max_users, templates=args.templates,
-                      rl_split=args.rl_split)
+                      rl_split=args.rl_split, protocol=args.protocol)
     out = build_dataset(args.data, args.teacher, args.tasks, args.out, cfg, task_dir=args.task_dir,
                         overwrite=args.overwrite)
     card = json.loads((out / "card.json").read_text())
@@ -420,6 +420,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="also write an `rl` split of RL prompts drawn by the tasks' rl_* rules (the official "
                          "RecLM-gen sampling: item_count U{6..10}, ...); PPO/GRPO/RLOO then train on it")
     db.add_argument("--task-dir", help="a folder of your own task YAMLs (added to the built-in ones)")
+    db.add_argument("--protocol", default="recalign", choices=["recalign", "reclm-gen"],
+                    help="apply the task files' settings for this protocol (reclm-gen: the official test "
+                         "proportions, e.g. I2>= at 30%%)")
     db.add_argument("--overwrite", action="store_true")
     db.set_defaults(func=cmd_data_build)
     ds_ = dsub.add_parser("show", help="print rendered examples of a built instruction dataset")

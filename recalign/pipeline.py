@@ -277,9 +277,12 @@ class Pipeline:
             save_teacher(out, model, metrics, tcfg, ds, overwrite=True)
         teacher = self.stage("teacher", tcfg.__dict__, teacher_fn)
 
+        protocol = r.get("protocol")        # recipe-wide rules (rewards/protocol.py, the task files' protocols:)
         b = {"tasks": "I0,I1,I2,I3", **(r.get("build") or {})}
         tasks = b.pop("tasks")
         task_dir = b.pop("task_dir", None)      # a folder of the user's own task YAMLs
+        if protocol and protocol != "recalign":  # the task files' protocol settings (I2>= at 30 %, ...)
+            b.setdefault("protocol", protocol)
         settings = {"tasks": tasks, **b, "seed": seed}
         if task_dir:                            # their content, so that an edited task rebuilds
             settings["task_dir"] = {f.name: hashlib.sha256(f.read_bytes()).hexdigest()[:16]
@@ -290,7 +293,6 @@ class Pipeline:
 
         ev = {"tasks": "I0,I1,I2", "limit": 100, "max_new_tokens": 256, "batch_size": 16, "backend": "auto",
               **(r.get("eval") or {})}
-        protocol = r.get("protocol")        # recipe-wide scoring rules (rewards/protocol.py)
         if protocol:
             ev["protocol"] = protocol
         grounded = ev.pop("grounded", [False])

@@ -39,6 +39,8 @@ class BuildConfig:
     templates: str | None = None             # a user template folder (sandboxed)
     rl_split: bool = False                   # also write an ``rl`` split: RL prompts drawn from the training
                                              # windows by each task's rl_* rules (the official code's, §1.7)
+    protocol: str = "recalign"               # the task files' ``protocols`` block to apply (e.g. reclm-gen's
+                                             # test proportions); recorded in the card
     notes: list[str] = field(default_factory=list)
 
 
@@ -521,7 +523,7 @@ def build_dataset(data: str | Path, teacher_dir: str | Path, tasks: str | list[s
 
     inputs = [data, teacher_dir, task_dir, cfg.templates, cfg.sharegpt, cfg.reference]
     check_out(out, overwrite, inputs)
-    specs = resolve_tasks(tasks, load_specs(task_dir))
+    specs = resolve_tasks(tasks, load_specs(task_dir, cfg.protocol))
     for spec in specs:              # a missing template fails here, before the teacher loads
         validate_templates(spec, cfg.templates)
     ds = RecDataset.load(data)

@@ -116,8 +116,25 @@ def _read(path: Path, seen: tuple[Path, ...] = ()) -> dict:
     return {**_read(base_path, seen + (path,)), **data}
 
 
-def parse_spec(path: Path) -> TaskSpec:
+def parse_spec(path: Path, protocol: str | None = None) -> TaskSpec:
+    """One task file; under ``protocol`` its ``protocols: {<name>: {key: value}}`` block
+    replaces those keys (e.g. the official test proportion of I2>=), checked like the rest."""
+    from recalign.rewards.protocol import PROTOCOLS
+
     data = _read(path)
+    overrides = data.pop("protocols", None) or {}
+    if not isinstance(overrides, dict) or not all(isinstance(v, dict) for v in overrides.values()):
+        raise DataError(f"{path}: key 'protocols' must map a protocol name to keys, e.g. "
+                        f"{{reclm-gen: {{test_proportion: 0.3}}}}")
+    for name, keys in overrides.items():
+        if name not in PROTOCOLS:
+            raise DataError(f"{path}: protocols: unknown protocol {name!r}{suggest(str(name), PROTOCOLS)}")
+        fixed = sorted(set(keys) & {"task", "version", "builder", "path"})
+        if fixed:
+            raise DataError(f"{path}: protocols.{name}: {fixed[0]!r} cannot change with the protocol")
+    if protocol is not None and protocol not in PROTOCOLS:
+        raise DataError(f"protocol {protocol!r} unknown{suggest(protocol, PROTOCOLS)}; protocols: {', '.join(PROTOCOLS)}")
+    data.update(overrides.get(protocol) or {})
     for key in data:
         if key not in _FIELDS or key == "path":
             raise DataError(f"{path}: unknown key {key!r}{suggest(key, _FIELDS)}")
@@ -166,6 +183,9 @@ def parse_spec(path: Path) -> TaskSpec:
         check(data.get("direction") in DIRECTIONS and data["builder"] in ("category_control", "proportion_control"),
               "reward", "'rank', 'task' or 'none' here ('rank+task' needs a category_control or "
                         "proportion_control builder and a direction)")
+    if protocol is None:
+        for name in overrides:            # each protocol's variant must be a valid task too
+            parse_spec(path, name)
     return TaskSpec(**data, path=str(path))
 
 
@@ -195,8 +215,9 @@ def specs_from_card(card: dict) -> dict[str, TaskSpec]:
     return out
 
 
-def load_specs(task_dir: str | Path | None = None) -> dict[str, TaskSpec]:
-    """All task specs: built-in ones, overridden/extended by ``task_dir``'s files."""
+def load_specs(task_dir: str | Path | None = None, protocol: str | None = None) -> dict[str, TaskSpec]:
+    """All task specs: built-in ones, overridden/extended by ``task_dir``'s files, with each
+    file's ``protocols`` block for ``protocol`` applied."""
     specs: dict[str, TaskSpec] = {}
     for folder in [BUILTIN] + ([Path(task_dir)] if task_dir else []):
         if not folder.is_dir():
@@ -204,7 +225,7 @@ def load_specs(task_dir: str | Path | None = None) -> dict[str, TaskSpec]:
         for path in sorted(folder.glob("*.yaml")):
             if path.name.startswith("_"):
                 continue
-            spec = parse_spec(path)
+            spec = parse_spec(path, protocol)
             specs[spec.task] = spec
     return specs
 

@@ -383,3 +383,39 @@ def test_rl_split_draws_prompts_by_the_official_rules(ml100k_dir, tmp_path, ds):
     assert train_reward_rows(out).num_rows == len(rl)              # RL trains on it when it is there
     assert train_reward_rows(plain).num_rows == sum(1 for x in (plain / "train.jsonl").read_text().splitlines()
                                                    if json.loads(x)["task"] not in ("I3", "I3-QA"))
+
+
+def test_protocol_block_sets_the_official_test_proportion(ml100k_dir, tmp_path, ds):
+    """Under --protocol reclm-gen, I2>= test rows ask for 30 % (the official MP_30); ours asks
+    for 50 %; train rows and the other tasks are the same either way."""
+    tdir = untrained_teacher_dir(ds, tmp_path / "t", seed=1)
+    ours = build_dataset(ml100k_dir, tdir, "I2", tmp_path / "ours", BuildConfig(max_users=30))
+    official = build_dataset(ml100k_dir, tdir, "I2", tmp_path / "off", BuildConfig(max_users=30, protocol="reclm-gen"))
+
+    def rows(out, split):
+        return [json.loads(x) for x in (out / f"{split}.jsonl").read_text().splitlines()]
+    assert {r["proportion"] for r in rows(ours, "test") if r["task"] == "I2>="} == {0.5}
+    assert {r["proportion"] for r in rows(official, "test") if r["task"] == "I2>="} == {0.3}
+    assert all(r["n"] == 3 for r in rows(official, "test") if r["task"] == "I2>=")
+    assert [r for r in rows(ours, "test") if r["task"] != "I2>="] == \
+        [r for r in rows(official, "test") if r["task"] != "I2>="]
+    assert (ours / "train.jsonl").read_bytes() == (official / "train.jsonl").read_bytes()
+    card = json.loads((official / "card.json").read_text())
+    assert card["config"]["protocol"] == "reclm-gen" and card["specs"]["I2>="]["test_proportion"] == 0.3
+
+
+@pytest.mark.parametrize("block, message", [
+    ("protocols: {paper: {test_proportion: 0.3}}", "unknown protocol 'paper'"),
+    ("protocols: {reclm-gen: {builder: item_search}}", "'builder' cannot change"),
+    ("protocols: {reclm-gen: {direction: sideways}}", "key 'direction' must be"),
+    ("protocols: [reclm-gen]", "must map a protocol name"),
+])
+def test_protocol_block_errors_name_the_file(tmp_path, block, message):
+    from recalign.tasks.spec import BUILTIN, parse_spec
+
+    f = tmp_path / "mine.yaml"
+    f.write_text((BUILTIN / "i2_ge.yaml").read_text().replace("include: _i2_base.yaml",
+                 f"include: {BUILTIN / '_i2_base.yaml'}").split("protocols:")[0] + block + "\n")
+    with pytest.raises(DataError, match=message) as e:
+        parse_spec(f)
+    assert str(f) in str(e.value)
