@@ -131,13 +131,38 @@ def load_policy(model: str, adapter: str | Path | None = None, **kw):
     ``kw`` goes to :func:`recalign.models.load_model` (dtype, quantization_config)."""
     from .resolve import load_model, resolve_model
 
-    base, tok = load_model(model, **kw)
     if adapter is None:
-        return base, tok
+        return load_model(model, **kw)
     check_adapter(adapter, resolve_model(model))
     from peft import PeftModel
 
-    return load_adapter(PeftModel, base, adapter, model).merge_and_unload(), tok
+    with _whole_weights():
+        base, tok = load_model(model, **kw)
+        return load_adapter(PeftModel, base, adapter, model).merge_and_unload(), tok
+
+
+def _whole_weights():
+    """Load without ZeRO-3's partitioned init for the ``with`` block. Under ZeRO-3 a model
+    loaded after the trainer's config exists is born partitioned (each rank holds a shard,
+    the rest are empty placeholders), and ``merge_and_unload`` would add the SFT delta into
+    those placeholders; loaded whole, it is merged exactly and DeepSpeed partitions the merged
+    model when the trainer prepares it."""
+    import contextlib
+
+    @contextlib.contextmanager
+    def block():
+        try:
+            from transformers.integrations import deepspeed as ds
+        except ImportError:
+            yield
+            return
+        ref = ds._hf_deepspeed_config_weak_ref
+        ds._hf_deepspeed_config_weak_ref = None
+        try:
+            yield
+        finally:
+            ds._hf_deepspeed_config_weak_ref = ref
+    return block()
 
 
 def load_adapter(peft_cls, base, adapter, model: str):

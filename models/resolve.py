@@ -68,8 +68,42 @@ def gguf_to_dir(gguf: Path, out: Path) -> Path:
     A GGUF-loaded model refuses ``save_pretrained``, so the weights go into a fresh model
     built from the same config without its quantization_config (logits identical).
     """
-    if (out / "config.json").is_file() and (out / "model.safetensors").is_file():
+    def done() -> bool:
+        return (out / "config.json").is_file() and (out / "model.safetensors").is_file()
+
+    if done():
         return out
+    # every process of a launch (and any other run on this machine) resolves the model at
+    # once: one converts under the lock, the others wait and then find the directory made
+    with file_lock(out.parent / f".{out.name}.lock"):
+        if done():
+            return out
+        return _convert_gguf(gguf, out)
+
+
+def file_lock(path: Path):
+    """An exclusive advisory lock on ``path`` (created) for the ``with`` block; no-op where
+    ``fcntl`` is missing (Windows)."""
+    import contextlib
+
+    @contextlib.contextmanager
+    def lock():
+        try:
+            import fcntl
+        except ImportError:
+            yield
+            return
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "a") as f:
+            fcntl.flock(f, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(f, fcntl.LOCK_UN)
+    return lock()
+
+
+def _convert_gguf(gguf: Path, out: Path) -> Path:
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 

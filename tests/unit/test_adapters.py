@@ -89,3 +89,33 @@ def test_an_adapter_for_another_base_without_a_card_is_one_line(tiny_inst, tmp_p
     (adapter / "adapter_model.safetensors").write_bytes(b"not weights")
     with pytest.raises(DataError, match="cannot load it onto --model"):
         load_policy(str(model), adapter)
+
+
+def test_policy_merge_loads_whole_weights_under_zero3(tiny_inst, tmp_path, monkeypatch):
+    """With a ZeRO-3 trainer config alive, models load partitioned; the SFT merge must see
+    whole weights (else it adds into empty shards), and the ZeRO-3 setting is back afterwards."""
+    from transformers.integrations import deepspeed as ds
+
+    from recalign.models import resolve as resolve_mod
+
+    model = str(tiny_inst[1])
+    _random_lora(load_model(model)[0], tmp_path / "sft", 0, r=2, lora_alpha=4, target_modules=["q_proj"])
+
+    class Zero3:
+        def is_zero3(self):
+            return True
+
+    cfg = Zero3()
+    ds.set_hf_deepspeed_config(cfg)
+    seen = []
+    real = resolve_mod.load_model
+    monkeypatch.setattr(resolve_mod, "load_model",
+                        lambda *a, **k: seen.append(ds.is_deepspeed_zero3_enabled()) or real(*a, **k))
+    try:
+        policy, _ = load_policy(model, tmp_path / "sft")
+        assert seen == [False] and ds.is_deepspeed_zero3_enabled()
+    finally:
+        ds.unset_hf_deepspeed_config()
+    want, _ = load_policy(model, tmp_path / "sft")
+    for (n, a), (_, b) in zip(policy.state_dict().items(), want.state_dict().items()):
+        assert torch.equal(a, b), n

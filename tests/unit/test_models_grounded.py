@@ -115,3 +115,33 @@ def test_free_text_is_not_constrained(tiny, catalog):
     allowed = torch.isfinite(out[0]).nonzero().flatten().tolist()
     firsts = {tok(" " + t, add_special_tokens=False)["input_ids"][0] for t in catalog.titles[1:50]}
     assert set(allowed) == firsts
+
+
+def test_gguf_conversion_waits_for_another_process_and_does_not_redo_it(tmp_path):
+    """Ranks of one launch resolve the GGUF at once: one converts under the lock; another
+    process waits on it and then uses the finished directory instead of converting again
+    (without the lock it would try to convert this unreadable file and fail)."""
+    import subprocess
+    import sys
+    import time
+
+    from recalign.models.resolve import file_lock
+
+    gguf, out = tmp_path / "m.gguf", tmp_path / "cache" / "gguf-m"
+    gguf.write_bytes(b"not a gguf")
+    code = ("import sys, time; from pathlib import Path; from recalign.models.resolve import gguf_to_dir; "
+            "print('ready', flush=True); "
+            f"gguf_to_dir(Path({str(gguf)!r}), Path({str(out)!r})); print(time.time())")
+    with file_lock(out.parent / f".{out.name}.lock"):
+        proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                text=True)
+        assert proc.stdout.readline().strip() == "ready"
+        time.sleep(1.0)                                 # it is now waiting on the lock
+        assert proc.poll() is None
+        out.mkdir(parents=True)                         # "the other rank" finishes the directory
+        (out / "config.json").write_text("{}")
+        (out / "model.safetensors").write_bytes(b"")
+        released = time.time()
+    stdout, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 0, stderr
+    assert float(stdout.strip().splitlines()[-1]) >= released and "converting" not in stdout
