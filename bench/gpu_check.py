@@ -75,9 +75,10 @@ def steps(work: Path, cpu: bool) -> list[tuple[str, list[str] | str, int]]:
                                                      "--output_dir", str(work / "grpo-zero3"), "--max_steps", "2",
                                                      "--num_generations", "4", "--per_device_train_batch_size", "4"],
                  400),
-                ("ppo 1 step under zero2", acc("zero2") + ["-m", "recalign.trainers.ppo", *rl, "--output_dir",
-                                                           str(work / "ppo-zero2"), "--steps", "1",
-                                                           "--prompts_per_step", "4"], 400),
+                # PPO runs under DDP (it refuses DeepSpeed/FSDP: its actor, critic and reference share a trunk)
+                ("ppo 1 step under ddp", acc("ddp") + ["-m", "recalign.trainers.ppo", *rl, "--output_dir",
+                                                       str(work / "ppo-ddp"), "--steps", "1",
+                                                       "--prompts_per_step", "4"], 400),
                 ("grpo with vllm colocate", acc("ddp") + ["-m", "recalign.trainers.grpo", "--method", "grpo", *rl,
                                                           "--output_dir", str(work / "grpo-vllm"), "--max_steps", "2",
                                                           "--num_generations", "4", "--per_device_train_batch_size",

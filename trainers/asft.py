@@ -445,13 +445,9 @@ def train(cfg: RecASFTConfig) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from trl import TrlParser
+    from . import cli_main
 
-    parser = TrlParser((RecASFTConfig,))
-    (cfg,) = parser.parse_args_and_config(args=argv)
-    out = train(cfg)
-    print(f"wrote adapter to {out}")
-    return 0
+    return cli_main(RecASFTConfig, train, argv)
 
 
 if __name__ == "__main__":

@@ -105,6 +105,13 @@ class RecPPOConfig:
     kl_coef: float = field(default=0.3, metadata={"help": "eta: per-token KL penalty (k1) against the SFT model"})
     target_kl: float | None = field(default=0.05, metadata={
         "help": "stop this rollout batch's updates once approx. KL(old||new) exceeds it (None: never)"})
+    loss_average: str | None = field(default=None, metadata={
+        "help": "token (the mean over a minibatch's answer tokens) or sequence (each answer's mean, then the "
+                "mean over answers: the official one-sequence-per-backward accumulation; default from the "
+                "protocol)"})
+    kl_stop: str | None = field(default=None, metadata={
+        "help": "when target_kl is checked: minibatch (k3 KL before each update) or epoch_end (k1 KL of an "
+                "epoch's last minibatch, after the epoch, as the official code does; default from the protocol)"})
     whiten_advantages: bool = field(default=True, metadata={"help": "normalise advantages per batch"})
     learning_rate: float = field(default=5e-6, metadata={"help": "AdamW learning rate (actor, critic, value head)"})
     max_grad_norm: float | None = field(default=None, metadata={
@@ -119,6 +126,9 @@ class RecPPOConfig:
     adam_eps: float | None = field(default=None, metadata={"help": "AdamW eps (protocol: 1e-8 / reclm-gen 1e-5)"})
     weight_decay: float | None = field(default=None, metadata={
         "help": "AdamW weight decay (protocol: 0.01 / reclm-gen 0)"})
+    item_reward_token: str | None = field(default=None, metadata={
+        "help": "where an item's reward lands: line_end (the token holding the end of its line) or newline "
+                "(the token holding the newline after it, as the official code does; default from the protocol)"})
     fuzzy: bool = field(default=False, metadata={"help": "match titles within Levenshtein 3 when rewarding"})
     protocol: str = field(default="recalign", metadata={
         "help": "reward rules: recalign (lenient parser, masked ranks) or reclm-gen (README, 'Protocols')"})
@@ -156,6 +166,12 @@ class RecPPOConfig:
                     setattr(self, k, v)
         if self.reward_scaling not in ("none", "running_std", None):
             problems.append(f"reward_scaling must be none or running_std, got {self.reward_scaling!r}")
+        if self.loss_average not in ("token", "sequence", None):
+            problems.append(f"loss_average must be token or sequence, got {self.loss_average!r}")
+        if self.kl_stop not in ("minibatch", "epoch_end", None):
+            problems.append(f"kl_stop must be minibatch or epoch_end, got {self.kl_stop!r}")
+        if self.item_reward_token not in ("line_end", "newline", None):
+            problems.append(f"item_reward_token must be line_end or newline, got {self.item_reward_token!r}")
         if self.lr_schedule not in ("constant", "warmup_power2", None):
             problems.append(f"lr_schedule must be constant or warmup_power2, got {self.lr_schedule!r}")
         if self.rollout_backend not in ("auto", "hf", "vllm"):
@@ -229,6 +245,28 @@ def place_rewards(ends: Sequence[int], line_ends: Sequence[int], item_rewards: S
     return r
 
 
+def newline_ends(text: str, line_ends: Sequence[int]) -> list[int]:
+    r"""Each item's reward position moved onto the newline that ends its line (the official
+    code rewards the ``\n`` token after a title): one past that newline; a last line without
+    one keeps its own end (the token holding its last character).
+
+    >>> newline_ends("1. Heat \n2. Alien", [7, 17])
+    [9, 17]
+    """
+    out = []
+    for le in line_ends:
+        k = text.find("\n", le)
+        out.append(k + 1 if k >= 0 else le)
+    return out
+
+
+def sequence_mean(x, mask):
+    """Each answer's token mean, then the mean over answers: the gradient of the official
+    code's one-sequence-per-backward accumulation (``--learn_batch 1``), where a short answer
+    weighs as much as a long one."""
+    return ((x * mask).sum(1) / mask.sum(1).clamp(min=1)).mean()
+
+
 def masked_mean(x, mask):
     return (x * mask).sum() / mask.sum().clamp(min=1)
 
@@ -286,9 +324,15 @@ class RecPPOTrainer:
         self.cfg, self.tok, self.rows, self.reward_fn, self.titles = cfg, tokenizer, rows, reward_fn, titles
         self.log = log or (lambda s: print(s, file=sys.stderr, flush=True))
         self.acc = Accelerator(cpu=cfg.use_cpu)
-        torch.manual_seed(cfg.seed)
+        if self.acc.distributed_type.value in ("DEEPSPEED", "FSDP"):
+            # the actor, the critic and the reference share one trunk (two adapters, one disabled),
+            # which neither engine can shard as one model with two optimizers' worth of parameters
+            raise ValueError(f"PPO runs in one process or under DDP (accelerate's ddp.yaml / cpu.yaml), not "
+                             f"{self.acc.distributed_type.value}; for DeepSpeed or FSDP use GRPO or RLOO "
+                             f"(recalign train grpo), which TRL shards")
+        torch.manual_seed(cfg.seed)     # the same LoRA init on every rank
         self.tok.padding_side = "left"
-        self.engine = self._rollout_engine(model) if cfg.rollout_backend != "hf" else None
+        self.engine = self._rollout_engine(model)
         # both configs before wrapping: lora_config reads module names, which wrapping changes
         actor_cfg, critic_cfg = lora_config(cfg, model), lora_config(cfg, model)
         self.model = get_peft_model(model, actor_cfg, adapter_name="actor")
@@ -311,8 +355,15 @@ class RecPPOTrainer:
                 self.opt, num_warmup_steps=min(cfg.warmup_steps, cfg.steps // 4), num_training_steps=cfg.steps,
                 lr_end=0.0, power=2.0)
         self._running = {"list": RunningMoments(), "item": {}}
-        self.model, self.value_head, self.opt = self.acc.prepare(self.model, self.value_head, self.opt)
+        # Not wrapped in DDP: the critic's forward bypasses the wrapper and PEFT switches adapters
+        # between the two backward passes of a minibatch, which DDP's reducer cannot follow.
+        # Ranks stay in step by averaging the gradients themselves (_sync_grads) and agreeing on
+        # every decision that changes how many collectives follow (sample count, KL stop).
         self.device = self.acc.device
+        self.model.to(self.device)
+        self.value_head.to(self.device)
+        self._use("actor")
+        self._broadcast_params()
         self.step = 0
         self.history: list[dict] = []
         self.skipped_total = 0
@@ -325,56 +376,19 @@ class RecPPOTrainer:
 
     # ----- model plumbing
     def _rollout_engine(self, model):
-        """An in-process vLLM engine on a copy of the (SFT-merged) trunk, or None for HF.
+        """The in-process vLLM engine (models/rollout.py) on a copy of the SFT-merged trunk, or
+        None for HF; ``auto`` falls back to HF with a note."""
+        from recalign.models.rollout import make_rollout_engine
 
-        Each step the actor's merged weights (W + s·BA of every LoRA module) are loaded into
-        it (:meth:`_sync_engine`), so vLLM samples from the current policy with no LoRA kernel
-        (slow on CPU) and no adapter files. ``auto`` falls back to HF with a note.
-        """
-        import tempfile
-
-        from recalign.eval.backends import make_backend, vllm_problem
-
-        if self.cfg.rollout_backend == "auto" and (problem := vllm_problem()):
-            self.log(f"note: {problem}; PPO rollouts use Hugging Face generate")
-            return None
-        self._engine_dir = tempfile.TemporaryDirectory(prefix="recalign-ppo-rollout-")
-        model.save_pretrained(self._engine_dir.name)
-        self.tok.save_pretrained(self._engine_dir.name)
-        return make_backend("vllm", self._engine_dir.name, dtype=self.cfg.rollout_dtype,
-                            kv_cache_gib=self.cfg.rollout_kv_cache_gib,
-                            enforce_eager=self.cfg.rollout_enforce_eager, seed=self.cfg.seed)
+        c = self.cfg
+        return make_rollout_engine(c.rollout_backend, model, self.tok, log=self.log, who="PPO", dtype=c.rollout_dtype,
+                                   kv_cache_gib=c.rollout_kv_cache_gib, enforce_eager=c.rollout_enforce_eager,
+                                   seed=c.seed, prefix="recalign-ppo-rollout-")
 
     def _sync_engine(self) -> None:
-        """Load the actor's effective weights into the rollout engine: every linear layer of
-        each decoder block that has an actor LoRA (whole blocks, so that stacked q/k/v and
-        gate/up layers get all their shards)."""
-        import re
-
-        import torch
-        from peft.tuners.lora import LoraLayer
-
-        if self.engine is None:
-            return
-        block_of = re.compile(r"(.*\.layers\.\d+)\.")
-        mods = dict(self.peft.named_modules())
-        blocks = {m.group(1) for n, mod in mods.items() if isinstance(mod, LoraLayer) and "actor" in mod.lora_A
-                  for m in [block_of.match(n)] if m}
-        weights = []
-        with torch.no_grad():
-            for name, mod in mods.items():
-                block = block_of.match(name)
-                if not block or block.group(1) not in blocks:
-                    continue
-                hf = name[len("base_model.model."):] if name.startswith("base_model.model.") else name
-                if isinstance(mod, LoraLayer):
-                    w = mod.get_base_layer().weight
-                    if "actor" in mod.lora_A:
-                        w = w + mod.get_delta_weight("actor")
-                    weights.append((f"{hf}.weight", w))
-                elif isinstance(mod, torch.nn.Linear) and ".base_layer" not in name and ".lora_" not in name:
-                    weights.append((f"{hf}.weight", mod.weight))     # a block's linear without any LoRA
-        self.engine.load_weights(weights)
+        """The actor's effective weights into the rollout engine."""
+        if self.engine is not None:
+            self.engine.sync(self.peft, "actor", self.step)
 
     @property
     def peft(self):
@@ -385,6 +399,75 @@ class RecPPOTrainer:
         self.peft.base_model.set_adapter(name)
         for p in self._trainable:
             p.requires_grad_(True)
+
+    # ----- ranks (DDP without the wrapper)
+    @property
+    def world(self) -> int:
+        return self.acc.num_processes
+
+    def _broadcast_params(self) -> None:
+        """Rank 0's trainable weights everywhere: the runs start identical whatever each rank's init."""
+        if self.world > 1:
+            import torch.distributed as dist
+
+            for p in self._trainable:
+                dist.broadcast(p.data, src=0)
+
+    def _sync_grads(self) -> None:
+        """Average the trainable gradients over ranks in one flat all-reduce (what DDP would do)."""
+        if self.world == 1:
+            return
+        import torch
+        import torch.distributed as dist
+
+        grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in self._trainable]
+        flat = torch.cat([g.reshape(-1) for g in grads])
+        dist.all_reduce(flat)
+        flat /= self.world
+        i = 0
+        for p in self._trainable:
+            n = p.numel()
+            p.grad = flat[i:i + n].view_as(p).clone()
+            i += n
+
+    def _agree(self, value: float, op: str = "mean") -> float:
+        """One number every rank agrees on (mean, min or max over ranks)."""
+        if self.world == 1:
+            return value
+        import torch
+        import torch.distributed as dist
+
+        t = torch.tensor([float(value)], dtype=torch.float64, device=self.device)
+        dist.all_reduce(t, op={"mean": dist.ReduceOp.SUM, "min": dist.ReduceOp.MIN, "max": dist.ReduceOp.MAX}[op])
+        return float(t.item()) / (self.world if op == "mean" else 1)
+
+    def _gather_stats(self, rec: dict) -> dict:
+        """The step's record averaged over ranks (counts summed), so the log covers every rank's
+        samples, not rank 0's alone."""
+        if self.world == 1:
+            return rec
+        from accelerate.utils import gather_object
+
+        recs = gather_object([rec])
+        out = dict(rec)
+        for k in {k for r in recs for k, v in r.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}:
+            vals = [r[k] for r in recs if isinstance(r.get(k), (int, float))]
+            out[k] = sum(vals) if k in ("skipped", "samples") else float(np.mean(vals))
+        out["ranks"] = self.world
+        return out
+
+    def rank_checksums(self) -> list[float]:
+        """A checksum of the trainable weights from every rank; raises when ranks diverged (a
+        data-parallel run whose ranks hold different weights trained something else than it says)."""
+        mine = float(sum(p.detach().double().abs().sum() for p in self._trainable))
+        if self.world == 1:
+            return [mine]
+        from accelerate.utils import gather_object
+
+        sums = gather_object([mine])
+        if max(sums) - min(sums) > 1e-6 * max(abs(max(sums)), 1.0):
+            raise RuntimeError(f"PPO ranks diverged: trainable-weight checksums {sums}")
+        return sums
 
     def _eos_ids(self) -> set[int]:
         ids = {self.tok.eos_token_id}
@@ -456,11 +539,9 @@ class RecPPOTrainer:
         return self._trim_ids(resp.tolist())
 
     def _trim_ids(self, seqs) -> list[list[int]]:
-        out = []
-        for row in seqs:
-            cut = next((k + 1 for k, t in enumerate(row) if t in self._eos), len(row))
-            out.append(list(row[:cut]))
-        return out
+        from recalign.models.rollout import trim_after_eos
+
+        return trim_after_eos(seqs, self._eos)
 
     def _score(self, rows: list[dict], texts: list[str]) -> tuple[list, list[str]]:
         """Reward objects per answer, None where it was skipped (with the reason)."""
@@ -529,8 +610,9 @@ class RecPPOTrainer:
             mask[j, :len(a)] = 1
             r = results[i]
             k = item_scale.get(getattr(r, "task", None), 1.0)
+            at = r.line_ends if cfg.item_reward_token == "line_end" else newline_ends(texts[i], r.line_ends)
             scores[j, :len(a)] = torch.from_numpy(
-                place_rewards(char_ends(self.tok, a), r.line_ends, [x / k for x in r.item_rewards],
+                place_rewards(char_ends(self.tok, a), at, [x / k for x in r.item_rewards],
                               r.list_reward / list_scale)).float()
         n_prompts = len(batch_rows)
         pidx = torch.tensor([i % n_prompts for i in keep], dtype=torch.long)
@@ -625,6 +707,8 @@ class RecPPOTrainer:
 
         cfg = self.cfg
         N, T = batch["resp"].shape
+        # every rank runs the same number of minibatches: the smallest rank's sample count
+        N = int(self._agree(N, "min"))
         st = {"pg_loss": [], "vf_loss": [], "entropy": [], "clip_frac": [], "approx_kl": [], "vf_clip_frac": []}
         stopped, updates = False, 0
         self.peft.train()
@@ -641,25 +725,28 @@ class RecPPOTrainer:
                 logp = self._logp(logits, tokens)
                 # k3 estimate of KL(old || new): non-negative, unbiased under the rollout policy
                 log_ratio = (logp - old).detach()
-                approx_kl = float(masked_mean(log_ratio.exp() - 1 - log_ratio, mask))
-                if cfg.target_kl is not None and approx_kl > cfg.target_kl:
+                approx_kl = self._agree(float(masked_mean(log_ratio.exp() - 1 - log_ratio, mask)))
+                last_k1 = masked_mean(-log_ratio, mask)          # k1: the official code's estimate
+                if cfg.kl_stop == "minibatch" and cfg.target_kl is not None and approx_kl > cfg.target_kl:
                     stopped = True
                     st["approx_kl"].append(approx_kl)
                     break
                 ratio = torch.exp(logp - old)
                 pg = torch.max(-adv * ratio, -adv * ratio.clamp(1 - cfg.cliprange, 1 + cfg.cliprange))
-                pg_loss = masked_mean(pg, mask)
+                mean = sequence_mean if cfg.loss_average == "sequence" else masked_mean
+                pg_loss = mean(pg, mask)
                 probs = torch.softmax(logits, -1)
-                entropy = masked_mean(torch.logsumexp(logits, -1) - (probs * logits).sum(-1), mask)
+                entropy = mean(torch.logsumexp(logits, -1) - (probs * logits).sum(-1), mask)
                 self.acc.backward(pg_loss - cfg.ent_coef * entropy)
                 self._use("critic")
                 v = self._values(ids, attn, T)
                 v_clip = old_v + (v - old_v).clamp(-cfg.cliprange_value, cfg.cliprange_value)
                 vf = torch.max((v - ret) ** 2, (v_clip - ret) ** 2)
-                vf_loss = 0.5 * masked_mean(vf, mask)
+                vf_loss = 0.5 * mean(vf, mask)
                 self.acc.backward(cfg.vf_coef * vf_loss)
+                self._sync_grads()
                 if cfg.max_grad_norm:
-                    self.acc.clip_grad_norm_(self._trainable, cfg.max_grad_norm)
+                    torch.nn.utils.clip_grad_norm_(self._trainable, cfg.max_grad_norm)
                 self.opt.step()
                 self.opt.zero_grad(set_to_none=True)
                 updates += 1
@@ -669,6 +756,10 @@ class RecPPOTrainer:
                 st["approx_kl"].append(approx_kl)
                 st["clip_frac"].append(float(masked_mean(((ratio.detach() - 1).abs() > cfg.cliprange).float(), mask)))
                 st["vf_clip_frac"].append(float(masked_mean(((v.detach() - old_v).abs() > cfg.cliprange_value).float(), mask)))
+            if cfg.kl_stop == "epoch_end" and cfg.target_kl is not None and N:
+                k1 = self._agree(float(last_k1))
+                st["epoch_end_kl"] = st.get("epoch_end_kl", []) + [k1]
+                stopped = k1 > cfg.target_kl
             if stopped:
                 break
         self.peft.eval()
@@ -697,14 +788,15 @@ class RecPPOTrainer:
             t0 = time.perf_counter()
             batch = self.rollout()
             t1 = time.perf_counter()
-            upd = self.update(batch) if batch["resp"].shape[0] else {"updates": 0, "kl_early_stop": False}
+            upd = self.update(batch) if self._agree(batch["resp"].shape[0], "min") else \
+                {"updates": 0, "kl_early_stop": False}
             if self.sched is not None:
                 self.sched.step()
             upd["lr"] = self.opt.param_groups[0]["lr"]
             self.step += 1
-            self.skipped_total += batch["stats"]["skipped"]
-            rec = {"step": self.step, **batch["stats"], **upd, "time/update_s": time.perf_counter() - t1,
-                   "time/step_s": time.perf_counter() - t0}
+            rec = self._gather_stats({"step": self.step, **batch["stats"], **upd,
+                                      "time/update_s": time.perf_counter() - t1, "time/step_s": time.perf_counter() - t0})
+            self.skipped_total += int(rec["skipped"])          # every rank's skips
             self.history.append(rec)
             if self.acc.is_main_process:
                 out.mkdir(parents=True, exist_ok=True)
@@ -798,7 +890,15 @@ class RecPPOTrainer:
 
         from recalign.data.util import atomic_dir
 
+        rng = {"rng": repr(self.rng.getstate()), "torch_rng": torch.get_rng_state().tolist()}
+        if self.world > 1:                      # each rank resumes its own sampling stream
+            from accelerate.utils import gather_object
+
+            ranks = gather_object([rng])
+        else:
+            ranks = [rng]
         if not self.acc.is_main_process:
+            self.acc.wait_for_everyone()
             return out
         target = out / f"checkpoint-{self.step}"
         with atomic_dir(target, overwrite=True) as tmp:
@@ -810,11 +910,11 @@ class RecPPOTrainer:
             torch.save(self.opt.state_dict(), f["optimizer"])
             f["state"].write_text(json.dumps({
                 "step": self.step, "history": self.history, "skipped_total": self.skipped_total,
-                "validation": self.validation,
-                "rng": repr(self.rng.getstate()), "torch_rng": torch.get_rng_state().tolist()}))
+                "validation": self.validation, **ranks[0], "rng_by_rank": ranks}))
         kept = sorted(out.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
         for old in kept[:-max(self.cfg.save_total_limit, 1)]:
             shutil.rmtree(old, ignore_errors=True)
+        self.acc.wait_for_everyone()
         return target
 
     def _load_last(self, out: Path) -> None:
@@ -833,12 +933,18 @@ class RecPPOTrainer:
         for name in ("actor", "critic"):
             set_peft_model_state_dict(self.peft, load_file(str(f[name])), adapter_name=name)
         self.acc.unwrap_model(self.value_head).load_state_dict(load_file(str(f["value_head"])))
-        self.opt.load_state_dict(torch.load(f["optimizer"], weights_only=True))
+        self.opt.load_state_dict(torch.load(f["optimizer"], weights_only=True,
+                                               map_location="cpu" if self.device.type == "cpu" else self.device))
         state = json.loads(f["state"].read_text())
         self.step, self.history, self.skipped_total = state["step"], state["history"], state["skipped_total"]
         self.validation = state.get("validation", [])
-        self.rng.setstate(ast.literal_eval(state["rng"]))
-        torch.set_rng_state(torch.tensor(state["torch_rng"], dtype=torch.uint8))
+        ranks = state.get("rng_by_rank") or [{"rng": state["rng"], "torch_rng": state["torch_rng"]}]
+        if len(ranks) != self.world:
+            raise ValueError(f"{d}: saved by {len(ranks)} process(es), resumed with {self.world}; resume with "
+                             f"--num_processes {len(ranks)}, or start a new output_dir")
+        mine = ranks[self.acc.process_index]
+        self.rng.setstate(ast.literal_eval(mine["rng"]))
+        torch.set_rng_state(torch.tensor(mine["torch_rng"], dtype=torch.uint8))
         # log.jsonl may hold steps after the checkpoint from the interrupted run: rewrite it
         (out / "log.jsonl").write_text("".join(json.dumps(h) + "\n" for h in self.history))
         self.resumed_from = str(d)
@@ -897,6 +1003,8 @@ def train(cfg: RecPPOConfig) -> Path:
     history = trainer.train()
     out = Path(cfg.output_dir)
     best_step = trainer.restore_best(out)
+    checksums = trainer.rank_checksums()
+    trainer.acc.wait_for_everyone()          # every rank has read best_actor before rank 0 removes it
     if trainer.acc.is_main_process:
         trainer.save_adapter(out, cfg.adapter)
         base = resolve_model(cfg.model)
@@ -906,6 +1014,7 @@ def train(cfg: RecPPOConfig) -> Path:
             inputs={"train_jsonl": sha256_file(data_jsonl)} if data_jsonl.is_file() else {},
             base_model=str(base), base_fingerprint=model_fingerprint(base), sft_adapter=cfg.adapter,
             train_rows=len(rows), resumed_from=trainer.resumed_from, cpu_tuning=cpu_tuning, skipped_samples=trainer.skipped_total,
+            processes=trainer.world, rank_checksums=checksums,
             validation=trainer.validation_summary(best_step), log_history=history))
         for f in ("best_actor.safetensors", "best_actor.json"):
             (out / f).unlink(missing_ok=True)
@@ -913,12 +1022,9 @@ def train(cfg: RecPPOConfig) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from trl import TrlParser
+    from . import cli_main
 
-    (cfg,) = TrlParser((RecPPOConfig,)).parse_args_and_config(args=argv)
-    out = train(cfg)
-    print(f"wrote adapter to {out}")
-    return 0
+    return cli_main(RecPPOConfig, train, argv)
 
 
 if __name__ == "__main__":

@@ -475,11 +475,9 @@ def run(cfg: RLRF4RecConfig) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from trl import TrlParser
+    from . import cli_main
 
-    (cfg,) = TrlParser((RLRF4RecConfig,)).parse_args_and_config(args=argv)
-    print(f"wrote {run(cfg)}")
-    return 0
+    return cli_main(RLRF4RecConfig, run, argv, what="the RLRF4Rec rounds")
 
 
 if __name__ == "__main__":

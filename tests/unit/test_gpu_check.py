@@ -16,7 +16,7 @@ spec.loader.exec_module(gpu_check)
 def test_the_gpu_run_checks_every_path_the_issue_names(tmp_path):
     names = [n for n, _, _ in gpu_check.steps(tmp_path, cpu=False)]
     for want in ("versions", "sft under ddp", "sft under zero3", "sft under fsdp", "sft 4-bit", "eval hf on cuda",
-                 "eval vllm grounded + adapter", "vllm == hf grounded", "grpo under zero3", "ppo 1 step under zero2",
+                 "eval vllm grounded + adapter", "vllm == hf grounded", "grpo under zero3", "ppo 1 step under ddp",
                  "grpo with vllm colocate"):
         assert want in names
     flat = lambda c: c if isinstance(c, str) else " ".join(c)  # noqa: E731

@@ -9,7 +9,7 @@ from safetensors.torch import load_file
 from recalign.data import Catalog, DataError
 from recalign.models import load_model
 from recalign.rewards import item_and_list_rewards, parse_items
-from recalign.trainers.ppo import RecPPOConfig, RecPPOTrainer, char_ends, gae, main, place_rewards
+from recalign.trainers.ppo import RecPPOConfig, RecPPOTrainer, char_ends, gae, main, newline_ends, place_rewards
 
 
 def _metaspace_tokenizer():
@@ -50,6 +50,22 @@ def test_item_rewards_land_on_the_last_token_of_their_line(which, tiny):
         assert len(tok.decode(ids[:k], skip_special_tokens=True)) < line_end
     if which == "metaspace-chars":                                 # really a different segmentation
         assert len(ids) != len(load_model(tiny)[1]("1. Toy Story\n2. Heat\n3. Alien")["input_ids"]) + 1
+    # reclm-gen (item_reward_token: newline): on the token holding the newline after each title;
+    # the last title has none and keeps its own end
+    nl = place_rewards(ends, newline_ends(text, res.line_ends), res.item_rewards, res.list_reward)
+    on = [k for k in range(len(ids) - 1) if nl[k] != 0]
+    assert [nl[k] for k in on] == res.item_rewards and on[2] == placed[2] and on[:2] != placed[:2]
+    for k, line_end in zip(on[:2], res.line_ends):
+        assert tok.decode(ids[:k + 1], skip_special_tokens=True)[line_end:].startswith("\n")
+        assert "\n" not in tok.decode(ids[:k], skip_special_tokens=True)[line_end:]
+
+
+def test_sequence_mean_weighs_answers_equally():
+    from recalign.trainers.ppo import masked_mean, sequence_mean
+
+    x, m = torch.tensor([[1.0, 1.0, 0.0], [4.0, 9.0, 9.0]]), torch.tensor([[1.0, 1.0, 0.0], [1.0, 0.0, 0.0]])
+    assert float(sequence_mean(x, m)) == pytest.approx((1.0 + 4.0) / 2)      # padded positions ignored
+    assert float(masked_mean(x, m)) == pytest.approx((1.0 + 1.0 + 4.0) / 3)
 
 
 def test_gae_matches_hand_computation():
@@ -113,6 +129,11 @@ def test_kl_penalty_and_forced_kl_early_stop(tiny, tmp_path):
     stop = _toy_trainer(tiny, tmp_path / "b", steps=2, target_kl=1e-9).train()
     # the first minibatch is on-policy (KL 0) and updates; the next one sees KL > target: stop
     assert all(h["kl_early_stop"] and h["updates"] == 1 for h in stop)
+    # kl_stop epoch_end (reclm-gen): the check waits for the end of an epoch, so a whole epoch
+    # (2 minibatches of 8) runs before the stop
+    epoch = _toy_trainer(tiny, tmp_path / "c", steps=2, target_kl=-1.0, kl_stop="epoch_end").train()
+    assert all(h["kl_early_stop"] and h["updates"] == 2 and "epoch_end_kl" in h for h in epoch)
+    assert RecPPOConfig(model=tiny, data="unused", protocol="reclm-gen").kl_stop == "epoch_end"
 
 
 def test_failing_or_nan_rewards_skip_the_sample(tiny, tmp_path):
@@ -252,10 +273,12 @@ def test_reclm_gen_protocol_sets_the_official_optimisation(tiny, tmp_path):
     from recalign.trainers.ppo import RunningMoments
 
     cfg = RecPPOConfig(model=tiny, data="unused", protocol="reclm-gen", steps=8)
-    assert (cfg.reward_scaling, cfg.lr_schedule, cfg.adam_eps, cfg.weight_decay, cfg.max_grad_norm) == \
-        ("running_std", "warmup_power2", 1e-5, 0.0, 0.5)
+    assert (cfg.reward_scaling, cfg.lr_schedule, cfg.adam_eps, cfg.weight_decay, cfg.max_grad_norm,
+            cfg.item_reward_token, cfg.loss_average) == ("running_std", "warmup_power2", 1e-5, 0.0, 0.5, "newline",
+                                                         "sequence")
     ours = RecPPOConfig(model=tiny, data="unused", max_grad_norm=2.0)
-    assert (ours.reward_scaling, ours.lr_schedule, ours.max_grad_norm) == ("none", "constant", 2.0)
+    assert (ours.reward_scaling, ours.lr_schedule, ours.max_grad_norm, ours.item_reward_token) == \
+        ("none", "constant", 2.0, "line_end")
     with pytest.raises(ValueError, match="protocol must be one of recalign, reclm-gen"):
         RecPPOConfig(model=tiny, data="unused", protocol="paper")
     tr = _toy_trainer(tiny, tmp_path, steps=4, protocol="reclm-gen", warmup_steps=1, learning_rate=1e-3)
@@ -269,3 +292,57 @@ def test_reclm_gen_protocol_sets_the_official_optimisation(tiny, tmp_path):
     assert rm.std == 1.0                                    # nothing to divide by yet
     rm.update([4.0, 6.0])
     assert rm.std == pytest.approx(math.sqrt(8 / 3))
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _torchrun(n: int, args: list[str], tmp_path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.getcwd()}
+    cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={n}", f"--master_port={_free_port()}",
+           "-m", "recalign.trainers.ppo", *args]
+    r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
+    assert r.returncode == 0, r.stderr[-3000:]
+
+
+def _ppo2_args(tiny_inst, sft_adapter, out) -> list[str]:
+    data, model, _ = tiny_inst
+    return ["--model", str(model), "--adapter", str(sft_adapter), "--data", str(data), "--output_dir", str(out),
+            "--prompts_per_step", "2", "--samples_per_prompt", "2", "--max_new_tokens", "10",
+            "--learning_rate", "1e-3", "--save_steps", "1", "--lora_top_layers", "1", "--rollout_backend", "hf",
+            "--target_kl", "0.5"]
+
+
+def test_two_process_ppo_stays_in_step_on_gloo(tiny_inst, sft_adapter, tmp_path):
+    """DDP on CPU (gloo, torchrun): two ranks roll out their own prompts, average gradients and
+    agree on the sample count and the KL stop, so they end with the same weights (the trainer
+    checks and the card records it) and the log counts both ranks' samples."""
+    out = tmp_path / "ppo2"
+    _torchrun(2, [*_ppo2_args(tiny_inst, sft_adapter, out), "--steps", "2"], tmp_path)
+    card = json.loads((out / "card.json").read_text())
+    assert card["processes"] == 2 and len(card["rank_checksums"]) == 2
+    assert card["rank_checksums"][0] == pytest.approx(card["rank_checksums"][1], rel=1e-9)
+    assert [h["step"] for h in card["log_history"]] == [1, 2]
+    assert all(h["ranks"] == 2 and h["samples"] + h["skipped"] == 8 for h in card["log_history"])
+    state = json.loads((out / "checkpoint-2" / "state.json").read_text())
+    assert len(state["rng_by_rank"]) == 2 and state["rng_by_rank"][0] != state["rng_by_rank"][1]
+
+
+def test_two_process_ppo_resume_equals_an_uninterrupted_run(tiny_inst, sft_adapter, tmp_path):
+    """Each rank resumes its own sampling stream: 1 step + resume to 2 == 2 steps straight."""
+    out, straight = tmp_path / "ppo2", tmp_path / "straight"
+    _torchrun(2, [*_ppo2_args(tiny_inst, sft_adapter, out), "--steps", "1"], tmp_path)
+    _torchrun(2, [*_ppo2_args(tiny_inst, sft_adapter, out), "--steps", "2", "--resume", "true"], tmp_path)
+    _torchrun(2, [*_ppo2_args(tiny_inst, sft_adapter, straight), "--steps", "2"], tmp_path)
+    assert json.loads((out / "card.json").read_text())["resumed_from"].endswith("checkpoint-1")
+    a, b = load_file(str(out / "adapter_model.safetensors")), load_file(str(straight / "adapter_model.safetensors"))
+    assert max(float((a[k] - b[k]).abs().max()) for k in a) < 1e-6
