@@ -60,6 +60,15 @@ class _RecRLFields:
     reward_ranks: str | None = field(default=None, metadata={
         "help": "override the protocol's teacher ranks: masked | unmasked"})
     resume: bool = field(default=False, metadata={"help": "resume from the last checkpoint in output_dir"})
+    rollout_backend: str = field(default="auto", metadata={
+        "help": "GRPO without TRL's use_vllm: 'vllm' samples from an in-process vLLM engine synced to the policy "
+                "each step (models/rollout.py, through TRL's rollout_func), 'hf' generates on the training "
+                "model, 'auto' is vllm on a CPU where vLLM works and hf otherwise (on a GPU use TRL's own "
+                "--use_vllm). RLOO has no rollout hook in TRL: it always generates with hf or --use_vllm"})
+    rollout_dtype: str = field(default="auto", metadata={"help": "vLLM rollout dtype (auto: float32 on CPU)"})
+    rollout_kv_cache_gib: float = field(default=1.0, metadata={"help": "vLLM rollout engine KV cache (GiB)"})
+    rollout_enforce_eager: bool = field(default=True, metadata={
+        "help": "vLLM rollouts without torch.compile (start in seconds, not minutes)"})
     # TRL defaults changed for LoRA RL on a CPU: few, short samples; LoRA needs a larger
     # learning rate than TRL's full-model 1e-6; checkpointing only slows a small model down.
     num_generations: int | None = field(default=4, metadata={
@@ -81,6 +90,8 @@ class _RecRLFields:
             self.reward_weights = [1.0, float(self.format_reward_weight)]
         elif len(self.reward_weights) != 2:
             raise ValueError(f"reward_weights needs 2 values (list reward, format reward), got {self.reward_weights}")
+        if self.rollout_backend not in ("auto", "hf", "vllm"):
+            raise ValueError(f"rollout_backend must be auto, hf or vllm, got {self.rollout_backend!r}")
         super().__post_init__()
 
 
@@ -101,6 +112,40 @@ class RecRLOOConfig(_RecRLFields, RLOOConfig):
 
 
 CONFIGS = {"grpo": RecGRPOConfig, "rloo": RecRLOOConfig}
+
+
+def _rollout_engine(cfg: _RecRLFields, method: str, model, tok):
+    """The in-process vLLM rollout engine for GRPO, or None (HF generate, or TRL's own vLLM)."""
+    import torch
+
+    from recalign.models.rollout import make_rollout_engine
+
+    backend = cfg.rollout_backend
+    if cfg.use_vllm or method != "grpo":
+        if backend == "vllm" and not cfg.use_vllm:
+            raise ValueError("--rollout_backend vllm: TRL's RLOOTrainer has no rollout hook; use --use_vllm "
+                             "(TRL's colocate or server mode) or --rollout_backend hf")
+        return None
+    if backend == "auto" and torch.cuda.is_available():
+        return None                 # on a GPU a second engine would compete for memory: TRL's --use_vllm
+    return make_rollout_engine(backend, model, tok, log=lambda s: print(s, file=sys.stderr, flush=True),
+                               who="GRPO", dtype=cfg.rollout_dtype, kv_cache_gib=cfg.rollout_kv_cache_gib,
+                               enforce_eager=cfg.rollout_enforce_eager, seed=cfg.seed,
+                               prefix="recalign-grpo-rollout-")
+
+
+def _rollout_func(cfg: _RecRLFields, engine, model, tok):
+    import os
+
+    from recalign.models.rollout import trl_rollout_func
+
+    os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")     # rollout_func is TRL-experimental; we pin TRL
+    eos = {tok.eos_token_id}
+    g = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    eos.update(g if isinstance(g, (list, tuple)) else [g])
+    return trl_rollout_func(engine, max_new_tokens=cfg.max_completion_length, temperature=cfg.temperature,
+                            top_k=cfg.top_k or None, top_p=cfg.top_p, seed=cfg.seed,
+                            eos={e for e in eos if e is not None})
 
 
 def reward_rows(cfg: _RecRLFields):
@@ -142,9 +187,14 @@ def train(cfg: _RecRLFields, method: str | None = None) -> Path:
         last = get_last_checkpoint(str(out))
     check_resume(out, cfg, last is not None)
     trainer_cls = GRPOTrainer if method == "grpo" else RLOOTrainer
+    engine = _rollout_engine(cfg, method, model, tok)
+    extra = {} if engine is None else {"rollout_func": _rollout_func(cfg, engine, model, tok)}
     trainer = trainer_cls(model=model, reward_funcs=[ctx.list_reward(), ctx.format_reward()], args=cfg,
-                          train_dataset=rows, processing_class=tok, peft_config=lora_config(cfg, model))
+                          train_dataset=rows, processing_class=tok, peft_config=lora_config(cfg, model), **extra)
     trainer.train(resume_from_checkpoint=last)
+    if engine is not None:
+        engine.close()
+    rollout = "vllm (rollout_func)" if engine is not None else ("vllm (TRL)" if cfg.use_vllm else "hf")
     rl_dir = out / "rl_adapter" if cfg.adapter else out
     trainer.save_model(str(rl_dir))
     if not trainer.accelerator.is_main_process:
@@ -159,7 +209,7 @@ def train(cfg: _RecRLFields, method: str | None = None) -> Path:
     write_json(out / "card.json", provenance(
         f"trainers.{method}", {k: v for k, v in asdict(cfg).items() if not k.startswith("_")}, seed=cfg.seed,
         inputs=inputs, method=method, base_model=str(base), base_fingerprint=model_fingerprint(base),
-        sft_adapter=cfg.adapter, rl_adapter=str(rl_dir), train_rows=len(rows), resumed_from=last, cpu_tuning=cpu_tuning,
+        sft_adapter=cfg.adapter, rl_adapter=str(rl_dir), train_rows=len(rows), resumed_from=last, cpu_tuning=cpu_tuning, rollout=rollout,
         reward_funcs=list(trainer.reward_func_names), reward_weights=list(cfg.reward_weights),
         log_history=trainer.state.log_history))
     return out
@@ -184,14 +234,10 @@ def _pop_method(argv: list[str]) -> tuple[str, list[str]]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from trl import TrlParser
+    from . import cli_main
 
     method, rest = _pop_method(list(sys.argv[1:] if argv is None else argv))
-    parser = TrlParser((CONFIGS[method],))
-    (cfg,) = parser.parse_args_and_config(args=rest)
-    out = train(cfg, method)
-    print(f"wrote {method} adapter to {out}")
-    return 0
+    return cli_main(CONFIGS[method], lambda cfg: train(cfg, method), rest, what=f"{method} adapter")
 
 
 if __name__ == "__main__":

@@ -229,3 +229,80 @@ def test_ppo_vllm_rollouts_serve_the_current_actor(tiny_dir, tmp_path, grounded)
         assert batch["stats"]["skipped"] == 2 * len(PPO_ROWS)     # the reward says None: all skipped
     finally:
         tr.engine.close()
+
+
+# --------------------------------------------------------------------------- GRPO rollouts
+class _FakeTrainer:
+    """What trl_rollout_func reads of a GRPOTrainer: the step, the model, the accelerator."""
+
+    def __init__(self, model):
+        from types import SimpleNamespace
+
+        self.model = model
+        self.state = SimpleNamespace(global_step=0)
+        self.accelerator = SimpleNamespace(unwrap_model=lambda m: m, process_index=0)
+
+
+def test_grpo_rollout_func_serves_the_current_policy(tiny_dir):
+    """TRL's rollout_func on the shared engine: at T = 0 its completions equal HF greedy
+    generate on the PEFT policy; after an optimizer step changes the LoRA, the next call
+    re-syncs and still matches (and differs from before); prompt ids are the chat template's."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+
+    from recalign.models import load_model
+    from recalign.models.rollout import RolloutEngine, trl_rollout_func
+
+    model, tok = load_model(tiny_dir)
+    engine = RolloutEngine(model, tok, dtype="float32", kv_cache_gib=0.25)
+    try:
+        policy = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj", "up_proj"]))
+        trainer = _FakeTrainer(policy)
+        fn = trl_rollout_func(engine, max_new_tokens=16, temperature=0.0, top_k=None, seed=0,
+                              eos={tok.eos_token_id})
+
+        def hf_greedy():
+            tok.padding_side = "left"
+            texts = [tok.apply_chat_template(p, tokenize=False, add_generation_prompt=True) for p in PROMPTS]
+            enc = tok(texts, return_tensors="pt", padding=True, add_special_tokens=False)
+            with torch.no_grad():
+                out = policy.generate(**enc, max_new_tokens=16, do_sample=False, pad_token_id=tok.pad_token_id)
+            gen = out[:, enc["input_ids"].shape[1]:].tolist()
+            return [r[:next((k + 1 for k, t in enumerate(r) if t == tok.eos_token_id), len(r))] for r in gen]
+
+        first = fn(PROMPTS, trainer)
+        assert first["logprobs"] is None and len(first["completion_ids"]) == len(PROMPTS)
+        assert first["completion_ids"] == hf_greedy()
+        assert first["prompt_ids"][0] == tok(tok.apply_chat_template(PROMPTS[0], tokenize=False,
+                                                                     add_generation_prompt=True),
+                                             add_special_tokens=False)["input_ids"]
+        g = torch.Generator().manual_seed(3)
+        with torch.no_grad():
+            for n, p in policy.named_parameters():
+                if "lora_B" in n:
+                    p.copy_(torch.randn(p.shape, generator=g) * 0.5)
+        assert fn(PROMPTS, trainer)["completion_ids"] == first["completion_ids"]   # same step: not re-synced
+        trainer.state.global_step = 1
+        second = fn(PROMPTS, trainer)
+        assert engine.synced_at == 1 and second["completion_ids"] == hf_greedy()
+        assert second["completion_ids"] != first["completion_ids"]
+    finally:
+        engine.close()
+
+
+def test_grpo_trains_on_vllm_rollouts(tiny_dir, ml100k_dir, tmp_path):
+    """GRPO end to end with --rollout_backend vllm: TRL takes the rollouts and the card says so."""
+    from recalign.tasks.builder import BuildConfig, build_dataset
+    from recalign.trainers.grpo import main
+    from tests.conftest import untrained_teacher_dir
+
+    teacher = untrained_teacher_dir(RecDataset.load(ml100k_dir), tmp_path / "t")
+    inst = build_dataset(ml100k_dir, teacher, "I0", tmp_path / "inst", BuildConfig(max_users=8))
+    out = tmp_path / "grpo"
+    assert main(["--method", "grpo", "--model", tiny_dir, "--data", str(inst), "--output_dir", str(out),
+                 "--per_device_train_batch_size", "4", "--num_generations", "4", "--max_completion_length", "16",
+                 "--max_steps", "2", "--save_strategy", "no", "--seed", "0", "--rollout_backend", "vllm",
+                 "--rollout_kv_cache_gib", "0.25", "--rollout_dtype", "float32"]) == 0
+    card = json.loads((out / "card.json").read_text())
+    assert card["rollout"] == "vllm (rollout_func)"
+    assert len([h for h in card["log_history"] if "loss" in h]) == 2

@@ -40,7 +40,8 @@ def _run(inst, method, out, *extra, adapter=True):
     data, model, sft, _ = inst
     args = ["--method", method, "--model", str(model), "--data", str(data), "--output_dir", str(out),
             "--per_device_train_batch_size", "4", "--num_generations", "4", "--max_completion_length", "24",
-            "--learning_rate", "1e-2", "--save_strategy", "no", "--seed", "0", *extra]
+            "--learning_rate", "1e-2", "--save_strategy", "no", "--seed", "0",
+            "--rollout_backend", "hf", *extra]          # vLLM rollouts: tests/integration/test_vllm.py
     return main(args + (["--adapter", str(sft)] if adapter else []))
 
 
