@@ -19,9 +19,9 @@ differ in named options, each with two values, so a user can switch one at a tim
 
 PPO also takes its optimisation details from the protocol where its own fields are unset
 (:data:`RL_DEFAULTS`: reward scaling by a running std, warm-up + power-2 decay, AdamW eps and
-weight decay, gradient clip). Its RL prompt sampling (item_count U{6..10}, the I1/I2 draws) is
+weight decay, gradient clip, the token an item's reward lands on, when the KL stop is checked). Its RL prompt sampling (item_count U{6..10}, the I1/I2 draws) is
 data, not scoring: ``data build --rl-split`` (tasks' ``rl_*`` keys). Options the official code
-has that are not wired here yet (per-sequence minibatches, full lm_head tuning) are listed in
+has that are not wired here yet (full lm_head tuning) are listed in
 the README's protocol section, not accepted silently as options that do nothing.
 
 >>> get_protocol("reclm-gen").parser, get_protocol("reclm-gen", parser="lenient").as_dict()
@@ -74,9 +74,11 @@ def get_protocol(name: str | None = "recalign", **overrides) -> Protocol:
 # the official code's rl_train.sh / base/trainer.py against torch's and TRL's usual defaults
 RL_DEFAULTS = {
     "recalign": {"reward_scaling": "none", "lr_schedule": "constant", "adam_eps": 1e-8, "weight_decay": 0.01,
-                 "max_grad_norm": 1.0},
+                 "max_grad_norm": 1.0, "item_reward_token": "line_end", "kl_stop": "minibatch",
+                 "loss_average": "token"},
     "reclm-gen": {"reward_scaling": "running_std", "lr_schedule": "warmup_power2", "adam_eps": 1e-5,
-                  "weight_decay": 0.0, "max_grad_norm": 0.5},
+                  "weight_decay": 0.0, "max_grad_norm": 0.5, "item_reward_token": "newline",
+                  "kl_stop": "epoch_end", "loss_average": "sequence"},
 }
 
 

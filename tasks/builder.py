@@ -332,6 +332,8 @@ class Builder:
         return rows
 
     def item_search(self, spec, split, epoch, rng, users=None) -> list[dict]:
+        if spec.search_draw == "per_item":
+            return self._item_search_per_item(spec, split, epoch, rng, users)
         eligible = self.eligible(spec, min_outside=spec.min_category_size)
         rows = []
         for _ in self.users if users is None else users:
@@ -345,6 +347,23 @@ class Builder:
             rows.append(self.row(spec, split, epoch, Context(-1, np.zeros(0, np.int64), None), rng,
                                  label=label, item_count=m, category=cat, direction=direction,
                                  prompt_vars={"item_count": m, "category": cat, "direction": direction}))
+        return rows
+
+    def _item_search_per_item(self, spec, split, epoch, rng, users=None) -> list[dict]:
+        """The official ControlRec_re draw (REFERENCE.md §1.7): one row per catalog item with a
+        category, asking for ``item_count`` (1 under reclm-gen) items of a random category of
+        it, labelled with that item. Streamed builds make these rows with the first user batch."""
+        if users is not None and len(users) and int(users[0]) != int(self.users[0]):
+            return []
+        rows = []
+        items = [i for i in range(1, self.cat.n_items + 1) if self.cat.item_categories[i]]
+        for item in rng.permutation(np.asarray(items, dtype=np.int64)):
+            cats = self.cat.item_categories[int(item)]
+            cat = cats[int(rng.integers(0, len(cats)))]
+            m = self.item_count(spec, split, rng, cap=1)
+            rows.append(self.row(spec, split, epoch, Context(-1, np.zeros(0, np.int64), None), rng,
+                                 label=[int(item)], item_count=m, category=cat, direction="+",
+                                 prompt_vars={"item_count": m, "category": cat, "direction": "+"}))
         return rows
 
     def _search_pool(self, cat: str, direction: str) -> np.ndarray:
@@ -364,7 +383,9 @@ class Builder:
         rows = []
         for _ in self.users if users is None else users:
             item = int(with_cat[int(rng.integers(0, len(with_cat)))])
-            title, cat = self.cat.titles[item], self.cat.item_categories[item][-1]
+            cats = self.cat.item_categories[item]
+            cat = cats[-1] if spec.qa_category == "last" else cats[int(rng.integers(0, len(cats)))]
+            title = self.cat.titles[item]
             answer = self.render.render(spec.answer_template, task=spec.task, title=title, category=cat)
             rows.append(self.row(spec, split, epoch, Context(-1, np.zeros(0, np.int64), None), rng,
                                  answer=answer, category=cat, label=[item], prompt_vars={"title": title}))
@@ -452,7 +473,7 @@ def _jobs(specs: list[TaskSpec], cfg: BuildConfig) -> list[tuple[str, int, TaskS
     jobs = [(split, epoch, spec) for split in SPLITS[:3] for epoch in (range(cfg.epochs) if split == "train" else [0])
             for spec in sorted(specs, key=lambda s: s.builder == "chat") if split in spec.splits]
     if cfg.rl_split:            # every task the rewards judge, once per user
-        jobs += [("rl", 0, spec) for spec in specs if spec.rule is not None and "train" in spec.splits]
+        jobs += [("rl", 0, spec) for spec in specs if spec.rule is not None and {"train", "rl"} & set(spec.splits)]
     return jobs
 
 

@@ -23,6 +23,8 @@ BUILDERS = ("sequential", "category_control", "proportion_control", "item_search
 CATEGORY_RULES = ("uniform", "target", "target_random", "teacher_frequent", "teacher_frequent_uniform",
                   "reference_frequent")
 PROPORTION_RULES = ("draw", "count_uniform")
+SEARCH_DRAWS = ("popular", "per_item")      # I3: popular items of C per row, or one row per item (official)
+QA_CATEGORIES = ("last", "random")          # I3-QA: the item's most specific category, or a random one
 DIRECTIONS = ("+", "-", "<=", ">=", "~")
 # reward: which RecLM-gen rule judges the answer (rewards/reclm.py); "task" (I3 item search)
 # and "none" are not rewarded or scored as lists
@@ -63,6 +65,8 @@ class TaskSpec:
     proportions: tuple[float, ...] = ()
     test_proportion: float | None = None
     ratio: float = 0.0
+    search_draw: str = "popular"      # item_search: see SEARCH_DRAWS
+    qa_category: str = "last"         # category_qa: see QA_CATEGORIES
     reward: str = "none"
     metrics: tuple[str, ...] = ()
     path: str = field(default="", compare=False)
@@ -160,13 +164,16 @@ def parse_spec(path: Path, protocol: str | None = None) -> TaskSpec:
     if data.get("rl_category") is not None:
         check(data["rl_category"] in CATEGORY_RULES, "rl_category", f"one of {', '.join(CATEGORY_RULES)}")
     check(data.get("rl_proportion", "draw") in PROPORTION_RULES, "rl_proportion", f"one of {', '.join(PROPORTION_RULES)}")
+    check(data.get("search_draw", "popular") in SEARCH_DRAWS, "search_draw", f"one of {', '.join(SEARCH_DRAWS)}")
+    check(data.get("qa_category", "last") in QA_CATEGORIES, "qa_category", f"one of {', '.join(QA_CATEGORIES)}")
     if "direction" in data:
         check(data["direction"] in DIRECTIONS, "direction", f"one of {', '.join(DIRECTIONS)}")
     for k in ("train_category", "test_category"):
         if k in data:
             check(data[k] in CATEGORY_RULES, k, f"one of {', '.join(CATEGORY_RULES)}")
     if "splits" in data:
-        check(set(data["splits"]) <= {"train", "valid", "test"}, "splits", "a subset of [train, valid, test]")
+        check(set(data["splits"]) <= {"train", "valid", "test", "rl"}, "splits",
+              "a subset of [train, valid, test, rl] (rl: RL prompts without SFT rows)")
     if "proportions" in data:
         check(all(0 < p < 1 for p in data["proportions"]), "proportions", "values strictly between 0 and 1")
     if data["builder"] == "proportion_control":

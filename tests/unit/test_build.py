@@ -387,7 +387,7 @@ def test_rl_split_draws_prompts_by_the_official_rules(ml100k_dir, tmp_path, ds):
 
 def test_protocol_block_sets_the_official_test_proportion(ml100k_dir, tmp_path, ds):
     """Under --protocol reclm-gen, I2>= test rows ask for 30 % (the official MP_30); ours asks
-    for 50 %; train rows and the other tasks are the same either way."""
+    for 50 %; the other test rows are the same either way."""
     tdir = untrained_teacher_dir(ds, tmp_path / "t", seed=1)
     ours = build_dataset(ml100k_dir, tdir, "I2", tmp_path / "ours", BuildConfig(max_users=30))
     official = build_dataset(ml100k_dir, tdir, "I2", tmp_path / "off", BuildConfig(max_users=30, protocol="reclm-gen"))
@@ -399,7 +399,8 @@ def test_protocol_block_sets_the_official_test_proportion(ml100k_dir, tmp_path, 
     assert all(r["n"] == 3 for r in rows(official, "test") if r["task"] == "I2>=")
     assert [r for r in rows(ours, "test") if r["task"] != "I2>="] == \
         [r for r in rows(official, "test") if r["task"] != "I2>="]
-    assert (ours / "train.jsonl").read_bytes() == (official / "train.jsonl").read_bytes()
+    # train rows: the same, but for I2~, which the official SFT does not train on
+    assert [r for r in rows(ours, "train") if r["task"] != "I2~"] == rows(official, "train")
     card = json.loads((official / "card.json").read_text())
     assert card["config"]["protocol"] == "reclm-gen" and card["specs"]["I2>="]["test_proportion"] == 0.3
 
@@ -419,3 +420,27 @@ def test_protocol_block_errors_name_the_file(tmp_path, block, message):
     with pytest.raises(DataError, match=message) as e:
         parse_spec(f)
     assert str(f) in str(e.value)
+
+
+def test_reclm_gen_sft_mix(ml100k_dir, tmp_path, ds):
+    """--protocol reclm-gen's task files give the official SFT mix (REFERENCE.md §1.7): no I2~
+    training rows (but its test and RL rows), I3 one row per item asking for 1 item of a
+    random category of it, I3-QA answering a random category, I4 at ratio 0.5."""
+    tdir = untrained_teacher_dir(ds, tmp_path / "t", seed=2)
+    cfg = BuildConfig(max_users=20, seed=4, sharegpt=str(FIXTURES / "sharegpt/chat.json"), protocol="reclm-gen",
+                      rl_split=True)
+    out = build_dataset(ml100k_dir, tdir, "I0,I2,I3,I4", tmp_path / "off", cfg)
+    counts = json.loads((out / "card.json").read_text())["counts"]
+    assert "I2~" not in counts["train"] and counts["test"]["I2~"] > 0 and counts["rl"]["I2~"] == 20
+    train = [json.loads(x) for x in (out / "train.jsonl").read_text().splitlines()]
+    cat = ds.catalog
+    i3 = [r for r in train if r["task"] == "I3"]
+    assert len(i3) == sum(1 for i in range(1, cat.n_items + 1) if cat.item_categories[i])
+    assert len({r["label"][0] for r in i3}) == len(i3)                      # each item once
+    assert all(r["item_count"] == 1 and r["category"] in cat.item_categories[r["label"][0]] for r in i3)
+    qa = [r for r in train if r["task"] == "I3-QA"]
+    multi = [r for r in qa if len(cat.item_categories[r["label"][0]]) > 1]
+    assert all(r["category"] in cat.item_categories[r["label"][0]] for r in qa)
+    assert any(r["category"] != cat.item_categories[r["label"][0]][-1] for r in multi)   # not always the last
+    rec = sum(v for t, v in counts["train"].items() if t != "I4")
+    assert counts["train"]["I4"] == round(0.5 * rec)
