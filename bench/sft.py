@@ -8,6 +8,11 @@ collation modes of the same RecSFTConfig (trainers/sft.py):
                 transformers' masking then keeps attention inside each row (sdpa on CPU)
   packing       best-fit-decreasing packing into ``max_length`` blocks (TRL's "bfd")
 
+``tuned`` and ``tuned_bf16`` add what recalign's trainers run on a CPU (models/device.py,
+``tune_cpu_training``: large allocations kept on the heap, TRL's fused LM head on the
+completion positions only). Each mode runs in a fresh interpreter, since both tunings are
+process state that a later mode would otherwise inherit.
+
 Throughput is real (non-padding) tokens per second of training, counted by the Trainer
 (``include_num_input_tokens_seen="non_padding"``) and timed from the end of the warm-up
 steps to the end of training, so model load and dataset tokenisation are excluded. Each
@@ -39,7 +44,7 @@ from pathlib import Path
 from results import write_section  # bench/ is on sys.path when a script runs
 
 ROOT = Path(__file__).resolve().parent.parent
-SECTION = "## SFT throughput: padded vs padding-free vs packing"
+SECTION = "## SFT on CPU: allocator and completion-only head, fresh process per mode"
 MODES = {
     # TRL SFTTrainer as a user would start it on CPU: LoRA on every layer, padded batches, fp32
     "plain_trl": {"lora_top_layers": None},
