@@ -304,21 +304,34 @@ class Builder:
             if split == "rl" and spec.rl_proportion == "count_uniform":
                 # the official RL draw: n ~ U{0..min(|C|, m)}, p = n / m rounded down to 10 %
                 n = int(rng.integers(0, min(int(self.cat_sizes[self.cat.category_index(cat)]), m) + 1))
-                plan.append((c, cat, m, math.floor(10 * n / m) / 10, n))
+                plan.append((c, cat, m, math.floor(10 * n / m) / 10, n, None))
+                continue
+            if split == "train" and spec.train_proportion == "count_offset":
+                # the official SFT draw: t in-category items asked for, the label holds t - {0,1}
+                # (<=) or t + {0,1} (>=) of them, so the bound is met both tightly and loosely
+                cmax = min(int(self.cat_sizes[self.cat.category_index(cat)]), m)
+                if spec.direction == "<=":
+                    t = int(rng.integers(1, cmax + 1))
+                    k_in = t - int(rng.integers(0, 2))
+                else:
+                    t = int(rng.integers(0, cmax))
+                    k_in = t + int(rng.integers(0, 2))
+                plan.append((c, cat, m, t / m, t, k_in))
                 continue
             p = float(rng.choice(spec.proportions)) if split in ("train", "rl") else float(spec.test_proportion)
-            plan.append((c, cat, m, p, int(round(p * m))))
+            plan.append((c, cat, m, p, int(round(p * m)), None))
         if not plan:
             return []
         hist = [c.history for c, *_ in plan]
         cats = [cat for _, cat, *_ in plan]
-        k = max(m for _, _, m, _, _ in plan)
+        k = max(m for _, _, m, *_ in plan)
         base, inside, outside = self.teacher.topk_many(hist, k, [{}, {"include": cats},
                                                                  {"exclude_category": cats}])
         rows = []
-        for (c, cat, m, p, n), b, ins, out in zip(plan, base, inside, outside):
-            natural = int(self.cat.in_category(b[:m], cat).sum())
-            k_in = {"<=": min(natural, n), ">=": max(natural, n), "~": n}[spec.direction]
+        for (c, cat, m, p, n, k_in), b, ins, out in zip(plan, base, inside, outside):
+            if k_in is None:
+                natural = int(self.cat.in_category(b[:m], cat).sum())
+                k_in = {"<=": min(natural, n), ">=": max(natural, n), "~": n}[spec.direction]
             if k_in > len(ins) or m - k_in > len(out):
                 self.skipped[f"{spec.task}/{split}: not enough items in/outside the category"] += 1
                 continue
@@ -477,6 +490,23 @@ def _jobs(specs: list[TaskSpec], cfg: BuildConfig) -> list[tuple[str, int, TaskS
     return jobs
 
 
+def alternation(b: Builder, groups: dict[str, list[str]], spec: TaskSpec, split: str, epoch: int):
+    """Which users get ``spec``'s train rows this epoch when it alternates with the other tasks
+    of its group (a boolean mask over user index), or None: every user. Each user is dealt one
+    member of the group uniformly at random, fresh each epoch; the deal depends on the group,
+    seed and epoch only, so the members of one group agree on it.
+
+    A group of one (``--tasks I1+`` alone) keeps every user."""
+    if split != "train" or spec.alternate is None or len(groups.get(spec.alternate, ())) < 2:
+        return None
+    members = sorted(groups[spec.alternate])
+    rng = np.random.default_rng([b.cfg.seed, epoch, zlib.crc32(spec.alternate.encode())])
+    slot = rng.integers(len(members), size=len(b.users))
+    mask = np.zeros(int(b.users.max()) + 1 if len(b.users) else 0, dtype=bool)
+    mask[b.users] = slot == members.index(spec.task)
+    return mask
+
+
 def iter_rows(b: Builder, specs: list[TaskSpec], progress: bool = True) -> Iterator[tuple[str, list[dict]]]:
     """(split, rows) batches in a fixed order: split, epoch, task, then users in batches of
     ``USER_CHUNK``; all rows of one split come before the next split's."""
@@ -485,6 +515,10 @@ def iter_rows(b: Builder, specs: list[TaskSpec], progress: bool = True) -> Itera
                                   "item_search": b.item_search, "category_qa": b.category_qa}
     jobs = _jobs(specs, b.cfg)
     chunks = [b.users[i:i + USER_CHUNK] for i in range(0, len(b.users), USER_CHUNK)] or [b.users]
+    groups: dict[str, list[str]] = {}
+    for s in specs:
+        if s.alternate is not None and "train" in s.splits:
+            groups.setdefault(s.alternate, []).append(s.task)
     n_rec: Counter = Counter()         # (split, epoch) -> rows of the recommendation tasks (I4's ratio)
     bar = tqdm(total=sum(1 if s.builder == "chat" else len(chunks) for *_, s in jobs), desc="building",
                unit="batch", disable=not progress, mininterval=1.0)
@@ -495,8 +529,11 @@ def iter_rows(b: Builder, specs: list[TaskSpec], progress: bool = True) -> Itera
             yield split, b.chat(spec, split, epoch, rng, n_rec[split, epoch])
             bar.update()
             continue
+        mine = alternation(b, groups, spec, split, epoch)
         for users in chunks:
-            rows = rules[spec.builder](spec, split, epoch, rng, users)
+            if mine is not None:
+                users = users[mine[users]]
+            rows = rules[spec.builder](spec, split, epoch, rng, users) if len(users) else []
             n_rec[split, epoch] += len(rows)
             yield split, rows
             bar.update()

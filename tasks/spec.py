@@ -23,6 +23,10 @@ BUILDERS = ("sequential", "category_control", "proportion_control", "item_search
 CATEGORY_RULES = ("uniform", "target", "target_random", "teacher_frequent", "teacher_frequent_uniform",
                   "reference_frequent")
 PROPORTION_RULES = ("draw", "count_uniform")
+# SFT (train split) proportion draws: "draw" = p from ``proportions``; "count_offset" = the official
+# SFT code's (REFERENCE.md §1.7): t ~ U{1..min(|C|, m)} for <= (U{0..min(|C|, m) - 1} for >=), n = t,
+# p = t / m, and the label holds t - {0,1} (<=) or t + {0,1} (>=) in-category items
+TRAIN_PROPORTION_RULES = ("draw", "count_offset")
 SEARCH_DRAWS = ("popular", "per_item")      # I3: popular items of C per row, or one row per item (official)
 QA_CATEGORIES = ("last", "random")          # I3-QA: the item's most specific category, or a random one
 DIRECTIONS = ("+", "-", "<=", ">=", "~")
@@ -64,7 +68,11 @@ class TaskSpec:
     min_category_size: int = 1
     proportions: tuple[float, ...] = ()
     test_proportion: float | None = None
+    train_proportion: str = "draw"    # proportion_control, train split: see TRAIN_PROPORTION_RULES
     ratio: float = 0.0
+    # train split: tasks of one ``alternate`` group share the users, each user getting one of
+    # them per epoch at random (the official SFT's one I1 row, + or -, per user); None = every task, every user
+    alternate: str | None = None
     search_draw: str = "popular"      # item_search: see SEARCH_DRAWS
     qa_category: str = "last"         # category_qa: see QA_CATEGORIES
     reward: str = "none"
@@ -164,6 +172,14 @@ def parse_spec(path: Path, protocol: str | None = None) -> TaskSpec:
     if data.get("rl_category") is not None:
         check(data["rl_category"] in CATEGORY_RULES, "rl_category", f"one of {', '.join(CATEGORY_RULES)}")
     check(data.get("rl_proportion", "draw") in PROPORTION_RULES, "rl_proportion", f"one of {', '.join(PROPORTION_RULES)}")
+    check(data.get("train_proportion", "draw") in TRAIN_PROPORTION_RULES, "train_proportion",
+          f"one of {', '.join(TRAIN_PROPORTION_RULES)}")
+    if data.get("train_proportion", "draw") == "count_offset":
+        check(data.get("direction") in ("<=", ">="), "train_proportion",
+              "'draw' for this direction ('count_offset' is defined for '<=' and '>=' only)")
+    if data.get("alternate") is not None:
+        check(isinstance(data["alternate"], str) and data["alternate"] != "", "alternate",
+              "a group name (a string), e.g. I1")
     check(data.get("search_draw", "popular") in SEARCH_DRAWS, "search_draw", f"one of {', '.join(SEARCH_DRAWS)}")
     check(data.get("qa_category", "last") in QA_CATEGORIES, "qa_category", f"one of {', '.join(QA_CATEGORIES)}")
     if "direction" in data:

@@ -399,8 +399,9 @@ def test_protocol_block_sets_the_official_test_proportion(ml100k_dir, tmp_path, 
     assert all(r["n"] == 3 for r in rows(official, "test") if r["task"] == "I2>=")
     assert [r for r in rows(ours, "test") if r["task"] != "I2>="] == \
         [r for r in rows(official, "test") if r["task"] != "I2>="]
-    # train rows: the same, but for I2~, which the official SFT does not train on
-    assert [r for r in rows(ours, "train") if r["task"] != "I2~"] == rows(official, "train")
+    # train rows: no I2~ (the official SFT does not train on it); <= and >= share the users
+    assert {r["task"] for r in rows(ours, "train")} == {"I2<=", "I2>=", "I2~"}
+    assert {r["task"] for r in rows(official, "train")} == {"I2<=", "I2>="}
     card = json.loads((official / "card.json").read_text())
     assert card["config"]["protocol"] == "reclm-gen" and card["specs"]["I2>="]["test_proportion"] == 0.3
 
@@ -444,3 +445,63 @@ def test_reclm_gen_sft_mix(ml100k_dir, tmp_path, ds):
     assert any(r["category"] != cat.item_categories[r["label"][0]][-1] for r in multi)   # not always the last
     rec = sum(v for t, v in counts["train"].items() if t != "I4")
     assert counts["train"]["I4"] == round(0.5 * rec)
+
+
+def test_reclm_gen_sft_alternates_i1_and_i2_and_draws_official_counts(ml100k_dir, tmp_path, ds):
+    """Official SFT (REFERENCE.md §1.7): per user and epoch one I1 row (+ or -) and one I2 row
+    (<= or >=), each direction about half the users; I2 asks for t items of C with p = t/10 and
+    labels t-1 or t (<=), t or t+1 (>=) in-category items. Ours: every task for every user."""
+    tdir = untrained_teacher_dir(ds, tmp_path / "t", seed=3)
+    n_users, epochs = 60, 2
+    off = build_dataset(ml100k_dir, tdir, "I1,I2", tmp_path / "off",
+                        BuildConfig(max_users=n_users, epochs=epochs, seed=5, protocol="reclm-gen"))
+    ours = build_dataset(ml100k_dir, tdir, "I1,I2", tmp_path / "ours",
+                         BuildConfig(max_users=n_users, epochs=epochs, seed=5))
+
+    def rows(out, split="train"):
+        return [json.loads(x) for x in (out / f"{split}.jsonl").read_text().splitlines()]
+    train = rows(off)
+    for group in (("I1+", "I1-"), ("I2<=", "I2>=")):
+        for epoch in range(epochs):
+            users = Counter(r["user_id"] for r in train if r["task"] in group and r["epoch"] == epoch)
+            assert max(users.values()) == 1                     # never both members for one user
+            assert len(users) >= 0.8 * n_users                  # (a few skipped: no category for the rule)
+            share = sum(1 for r in train if r["task"] == group[0] and r["epoch"] == epoch) / len(users)
+            assert 0.25 < share < 0.75
+        deal = [{r["user_id"] for r in train if r["task"] == group[0] and r["epoch"] == e} for e in range(epochs)]
+        assert deal[0] != deal[1]                               # a fresh deal each epoch
+    cat = ds.catalog
+    for task, lo, hi in (("I2<=", -1, 0), ("I2>=", 0, 1)):
+        offsets = Counter()
+        for r in (r for r in train if r["task"] == task):
+            t, cnt = r["n"], int(cat.in_category(r["label"], r["category"]).sum())
+            assert r["item_count"] == 10 and r["proportion"] == t / 10
+            offsets[cnt - t] += 1
+        assert set(offsets) == {lo, hi}, offsets                # both offsets occur, nothing else
+    ns = {r["n"] for r in train if r["task"] == "I2<="}
+    assert min(ns) >= 1 and max(ns) == 10
+    assert min(r["n"] for r in train if r["task"] == "I2>=") == 0
+    # ours: every user gets every task, each epoch; test rows are not dealt out under either protocol
+    mine = rows(ours)
+    for task in ("I1+", "I2<="):
+        assert len({r["user_id"] for r in mine if r["task"] == task and r["epoch"] == 0}) >= 0.8 * n_users
+    test_off = Counter(r["task"] for r in rows(off, "test"))
+    assert test_off["I1+"] >= 0.8 * n_users and test_off["I1-"] >= 0.8 * n_users
+
+
+def test_alternate_and_train_proportion_are_validated(tmp_path):
+    from recalign.tasks.spec import BUILTIN
+
+    base = (BUILTIN / "i2_approx.yaml").read_text().replace("include: _i2_base.yaml",
+                                                           f"include: {BUILTIN / '_i2_base.yaml'}").split("protocols:")[0]
+    f = tmp_path / "mine.yaml"
+    f.write_text(base + "train_proportion: count_offset\n")
+    with pytest.raises(DataError, match="'count_offset' is defined for '<=' and '>=' only") as e:
+        parse_spec(f)
+    assert str(f) in str(e.value)
+    f.write_text(base + "train_proportion: offsets\n")
+    with pytest.raises(DataError, match="key 'train_proportion' must be one of draw, count_offset"):
+        parse_spec(f)
+    f.write_text(base + "alternate: 3\n")
+    with pytest.raises(DataError, match="key 'alternate' must be a group name"):
+        parse_spec(f)
