@@ -91,6 +91,11 @@ class RecPPOConfig:
         "help": "vLLM rollout dtype; auto: float32 on CPU (3.5x faster than bfloat16 on vLLM-CPU without "
                 "AMX, bench/RESULTS.md), bfloat16 on GPU. Log-probs for the update come from the training model"})
     rollout_kv_cache_gib: float = field(default=1.0, metadata={"help": "vLLM rollout engine KV cache (GiB)"})
+    reuse_frozen_layers: bool = field(default=True, metadata={
+        "help": "with lora_top_layers: compute the decoder layers below the lowest LoRA layer once per "
+                "rollout and reuse their output in the reference, value and update forwards (exact: those "
+                "layers are frozen and shared by actor, critic and reference; costs answers x length x "
+                "hidden floats of memory per step)"})
     rollout_enforce_eager: bool = field(default=True, metadata={
         "help": "vLLM rollouts without torch.compile (start in seconds, not minutes)"})
     # PPO (REFERENCE.md §1.4)
@@ -364,6 +369,7 @@ class RecPPOTrainer:
         self.value_head.to(self.device)
         self._use("actor")
         self._broadcast_params()
+        self._k = self._frozen_prefix() if cfg.reuse_frozen_layers else 0
         self.step = 0
         self.history: list[dict] = []
         self.skipped_total = 0
@@ -476,17 +482,95 @@ class RecPPOTrainer:
         ids.update(e if isinstance(e, (list, tuple)) else [e])
         return {i for i in ids if i is not None}
 
-    def _forward_logits(self, ids, attn, T: int):
-        pos = (attn.long().cumsum(-1) - 1).clamp(min=0)
-        out = self.model(input_ids=ids, attention_mask=attn, position_ids=pos, logits_to_keep=T + 1)
-        return out.logits[:, :-1].float()
-
-    def _values(self, ids, attn, T: int):
-        pos = (attn.long().cumsum(-1) - 1).clamp(min=0)
+    # The decoder layers below the lowest LoRA layer are frozen and the same for actor, critic
+    # and reference, so their output (the input of layer k) is computed once per rollout and the
+    # other forwards start from it: with LoRA on the top 10 of 30 layers, each forward after the
+    # first runs a third of the trunk.
+    def _body(self):
         from recalign.models.resolve import trunk
 
-        h = trunk(self.peft.get_base_model())(input_ids=ids, attention_mask=attn,
-                                             position_ids=pos).last_hidden_state[:, -T - 1:-1]
+        return trunk(self.peft.get_base_model())
+
+    def _frozen_prefix(self) -> int:
+        """How many bottom decoder layers hold no trainable parameter (0: reuse off), checked
+        once on a short input: a model whose forward changes ``inputs_embeds`` (Gemma scales
+        them) would give other logits, and then every forward runs whole, with a note."""
+        import torch
+
+        layers = getattr(self._body(), "layers", None)
+        if not isinstance(layers, torch.nn.ModuleList):
+            return 0
+        mine = {id(p) for p in self._trainable}
+        k = next((i for i, layer in enumerate(layers) if any(id(p) in mine for p in layer.parameters())),
+                 len(layers))
+        if k == 0 or k == len(layers):
+            return 0
+        ids = torch.arange(3, 9, device=self.device).remainder(self._body().config.vocab_size)[None]
+        attn = torch.ones_like(ids, dtype=torch.float)
+        with torch.no_grad():
+            whole = self._forward_logits(ids, attn, 4)
+            h = self._prefix_hidden(ids, attn, k)
+            split = self._forward_logits(ids, attn, 4, hidden=h, k=k)
+        if not torch.allclose(whole, split, rtol=1e-4, atol=1e-4 * float(whole.abs().max()) + 1e-6):
+            self.log(f"PPO: {type(self._body()).__name__} does not start cleanly from layer {k}'s input; "
+                     f"every forward runs all layers (reuse_frozen_layers has no effect)")
+            return 0
+        return k
+
+    def _prefix_hidden(self, ids, attn, k: int):
+        """The input of decoder layer ``k`` (the frozen layers' output), captured by a hook
+        that stops the forward there."""
+        layer = self._body().layers[k]
+        got = {}
+
+        class _Stop(Exception):
+            pass
+
+        def grab(module, args, kwargs):
+            got["h"] = args[0] if args else kwargs["hidden_states"]
+            raise _Stop
+
+        handle = layer.register_forward_pre_hook(grab, with_kwargs=True)
+        pos = (attn.long().cumsum(-1) - 1).clamp(min=0)
+        try:
+            self._body()(input_ids=ids, attention_mask=attn, position_ids=pos, use_cache=False)
+        except _Stop:
+            pass
+        finally:
+            handle.remove()
+        return got["h"].detach()
+
+    def _top(self, k: int):
+        """A context in which the trunk holds only its layers from ``k`` up (inputs_embeds then
+        stands for layer k's input)."""
+        import contextlib
+
+        import torch
+
+        @contextlib.contextmanager
+        def swap():
+            body = self._body()
+            full = body.layers
+            body.layers = torch.nn.ModuleList(list(full)[k:])
+            try:
+                yield
+            finally:
+                body.layers = full
+        return swap() if k else contextlib.nullcontext()
+
+    def _forward_logits(self, ids, attn, T: int, hidden=None, k: int = 0):
+        pos = (attn.long().cumsum(-1) - 1).clamp(min=0)
+        src = {"input_ids": ids} if hidden is None else {"inputs_embeds": hidden}
+        with self._top(k if hidden is not None else 0):
+            out = self.model(**src, attention_mask=attn, position_ids=pos, logits_to_keep=T + 1, use_cache=False)
+        return out.logits[:, :-1].float()
+
+    def _values(self, ids, attn, T: int, hidden=None, k: int = 0):
+        pos = (attn.long().cumsum(-1) - 1).clamp(min=0)
+        src = {"input_ids": ids} if hidden is None else {"inputs_embeds": hidden}
+        with self._top(k if hidden is not None else 0):
+            h = self._body()(**src, attention_mask=attn, position_ids=pos,
+                             use_cache=False).last_hidden_state[:, -T - 1:-1]
         return self.value_head(h.float()).squeeze(-1)
 
     @staticmethod
@@ -621,17 +705,23 @@ class RecPPOTrainer:
             "attn": torch.cat([enc["attention_mask"].cpu()[pidx].float(), mask], 1), "resp": resp, "mask": mask,
         }
         t2 = time.perf_counter()
+        k = self._k
         with torch.no_grad():
-            old_logp, ref_logp, values = [], [], []
+            old_logp, ref_logp, values, hidden = [], [], [], []
             for s in range(0, N, cfg.mini_batch_size):
                 ids, attn = batch["ids"][s:s + cfg.mini_batch_size].to(self.device), batch["attn"][s:s + cfg.mini_batch_size].to(self.device)
                 tokens = resp[s:s + cfg.mini_batch_size].to(self.device)
+                h = self._prefix_hidden(ids, attn, k) if k else None
                 self._use("actor")
-                old_logp.append(self._logp(self._forward_logits(ids, attn, T), tokens).cpu())
+                old_logp.append(self._logp(self._forward_logits(ids, attn, T, h, k), tokens).cpu())
                 with self.peft.disable_adapter():
-                    ref_logp.append(self._logp(self._forward_logits(ids, attn, T), tokens).cpu())
+                    ref_logp.append(self._logp(self._forward_logits(ids, attn, T, h, k), tokens).cpu())
                 self._use("critic")
-                values.append(self._values(ids, attn, T).cpu())
+                values.append(self._values(ids, attn, T, h, k).cpu())
+                if k:
+                    hidden.append(h)
+        if hidden:
+            batch["hidden"] = torch.cat(hidden)
         batch["old_logp"] = torch.cat(old_logp) if N else torch.zeros((0, T))
         batch["ref_logp"] = torch.cat(ref_logp) if N else torch.zeros((0, T))
         batch["values"] = torch.cat(values) if N else torch.zeros((0, T))
@@ -720,8 +810,10 @@ class RecPPOTrainer:
                 tokens, mask = batch["resp"][idx].to(self.device), batch["mask"][idx].to(self.device)
                 old, adv = batch["old_logp"][idx].to(self.device), batch["adv"][idx].to(self.device)
                 ret, old_v = batch["ret"][idx].to(self.device), batch["values"][idx].to(self.device)
+                h = batch["hidden"][idx.to(batch["hidden"].device)] if "hidden" in batch else None
+                k = self._k if h is not None else 0
                 self._use("actor")
-                logits = self._forward_logits(ids, attn, T)
+                logits = self._forward_logits(ids, attn, T, h, k)
                 logp = self._logp(logits, tokens)
                 # k3 estimate of KL(old || new): non-negative, unbiased under the rollout policy
                 log_ratio = (logp - old).detach()
@@ -739,7 +831,7 @@ class RecPPOTrainer:
                 entropy = mean(torch.logsumexp(logits, -1) - (probs * logits).sum(-1), mask)
                 self.acc.backward(pg_loss - cfg.ent_coef * entropy)
                 self._use("critic")
-                v = self._values(ids, attn, T)
+                v = self._values(ids, attn, T, h, k)
                 v_clip = old_v + (v - old_v).clamp(-cfg.cliprange_value, cfg.cliprange_value)
                 vf = torch.max((v - ret) ** 2, (v_clip - ret) ** 2)
                 vf_loss = 0.5 * mean(vf, mask)

@@ -346,3 +346,45 @@ def test_two_process_ppo_resume_equals_an_uninterrupted_run(tiny_inst, sft_adapt
     assert json.loads((out / "card.json").read_text())["resumed_from"].endswith("checkpoint-1")
     a, b = load_file(str(out / "adapter_model.safetensors")), load_file(str(straight / "adapter_model.safetensors"))
     assert max(float((a[k] - b[k]).abs().max()) for k in a) < 1e-6
+
+
+def test_reusing_the_frozen_layers_changes_nothing_but_the_work(tiny, tmp_path):
+    """With LoRA on the top layer only, the bottom layer's output is computed once per rollout
+    and reused by the reference, value and update forwards: the same rewards, losses and
+    weights as running every forward whole."""
+    runs = {}
+    for reuse in (True, False):
+        tr = _toy_trainer(tiny, tmp_path / str(reuse), steps=2, lora_top_layers=1, reuse_frozen_layers=reuse)
+        assert tr._k == (1 if reuse else 0)
+        hist = tr.train()
+        runs[reuse] = (hist, {n: p.detach().clone() for n, p in tr.peft.named_parameters() if p.requires_grad},
+                       tr.value_head.weight.detach().clone())
+    (h1, w1, v1), (h0, w0, v0) = runs[True], runs[False]
+    for a, b in zip(h1, h0):
+        for key in ("reward/list", "kl", "pg_loss", "vf_loss", "entropy", "updates"):
+            assert a[key] == pytest.approx(b[key], rel=1e-4, abs=1e-6), key
+    assert w1.keys() == w0.keys() and all(torch.allclose(w1[n], w0[n], rtol=1e-4, atol=1e-6) for n in w1)
+    assert any((w1[n] != 0).any() for n in w1 if "lora_B" in n)        # it did train
+    assert torch.allclose(v1, v0, rtol=1e-4, atol=1e-7)
+    # LoRA on every layer: nothing is frozen below it
+    assert _toy_trainer(tiny, tmp_path / "all", steps=1)._k == 0
+
+
+def test_reuse_is_refused_where_the_trunk_rescales_its_input(tiny, tmp_path):
+    """A trunk whose forward changes inputs_embeds (Gemma multiplied them by sqrt(hidden) there
+    before transformers 5 moved the scale into the embedding) cannot start from layer k's input:
+    the check at start turns the reuse off, says so, and training runs every forward whole."""
+    model, tok = load_model(tiny)
+    body = model.model
+    plain = body.forward
+
+    def rescaling(*a, inputs_embeds=None, **kw):
+        return plain(*a, inputs_embeds=None if inputs_embeds is None else inputs_embeds * 2.0, **kw)
+    body.forward = rescaling
+    notes = []
+    cfg = RecPPOConfig(model=tiny, data="unused", output_dir=str(tmp_path), steps=1, lora_top_layers=1,
+                       rollout_backend="hf", save_steps=0, max_new_tokens=8)
+    tr = RecPPOTrainer(cfg, model, tok, TOY_ROWS, lambda rows, texts: [_Toy(t) for t in texts],
+                       titles=TITLES, log=notes.append)
+    assert tr._k == 0 and any("does not start cleanly from layer 1" in n for n in notes)
+    assert "hidden" not in tr.rollout()
