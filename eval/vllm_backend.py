@@ -276,15 +276,15 @@ class VLLMBackend(Backend):
             hit = self._keys[id(titles)] = (titles, titles_key(titles))
         return hit[1]
 
-    def sampling_params(self, sampling: Sampling, n_prompts: int, grounded: Grounding | None = None):
+    def sampling_params(self, sampling, n_prompts: int, grounded: Grounding | None = None):
+        """One SamplingParams per prompt. ``sampling`` is one Sampling for all prompts (prompt i
+        then samples with seed ``seed + i``) or a list with one per prompt (each its own seed),
+        so that greedy and sampled answers can share one engine call."""
         from vllm import SamplingParams
 
-        base = dict(max_tokens=sampling.max_new_tokens, detokenize=False)
-        if sampling.temperature > 0:
-            base.update(temperature=sampling.temperature, top_p=sampling.top_p,
-                        top_k=sampling.top_k or 0)
-        else:
-            base.update(temperature=0.0)
+        rows = [sampling] * n_prompts if isinstance(sampling, Sampling) else list(sampling)
+        if len(rows) != n_prompts:
+            raise DataError(f"sampling: {len(rows)} settings for {n_prompts} prompts")
         if grounded is not None:
             if len(grounded.histories) != n_prompts:
                 raise DataError(f"grounded decoding: {len(grounded.histories)} histories for "
@@ -292,17 +292,22 @@ class VLLMBackend(Backend):
             key, titles = self._key(grounded.titles), list(grounded.titles)
             mi = grounded.max_items
         params = []
-        for i in range(n_prompts):
+        for i, s in enumerate(rows):
+            base = dict(max_tokens=s.max_new_tokens, detokenize=False)
+            if s.temperature > 0:
+                base.update(temperature=s.temperature, top_p=s.top_p, top_k=s.top_k or 0,
+                            seed=s.seed + i if isinstance(sampling, Sampling) else s.seed)
+            else:
+                base.update(temperature=0.0, seed=None)
             extra = None
             if grounded is not None:
                 extra = {EXTRA_KEY: dict(key=key, titles=titles,
                                          history=[int(h) for h in grounded.histories[i]],
                                          strict=bool(grounded.strict),
                                          max_items=int(mi if isinstance(mi, int) else mi[i]))}
-            seed = sampling.seed + i if sampling.temperature > 0 else None
             # skip_clone: each params object is used by exactly one request, so vLLM need
             # not deep-copy the title list per request
-            params.append(SamplingParams(seed=seed, extra_args=extra, skip_clone=True, **base))
+            params.append(SamplingParams(extra_args=extra, skip_clone=True, **base))
         return params
 
     # -- Backend

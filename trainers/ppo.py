@@ -606,18 +606,33 @@ class RecPPOTrainer:
             gen = self.peft.generate(**enc, **kw)
         return gen[:, enc["input_ids"].shape[1]:]
 
+    def _vllm_sampling(self, rows: list[dict], greedy: bool, sample: int) -> list:
+        from recalign.eval.backends import Sampling
+
+        seed = (self.cfg.seed * 1_000_003 + self.step * 101 + sample) % (2 ** 31)
+        return [Sampling(self.cfg.max_new_tokens, temperature=0.0 if greedy else self.cfg.temperature,
+                         top_k=self.cfg.top_k, seed=seed + i) for i in range(len(rows))]
+
     def _generate_vllm(self, rows: list[dict], greedy: bool, sample: int) -> list[list[int]]:
         """Answer token ids from the rollout engine (same sampling and grounding rules as HF)."""
-        from recalign.eval.backends import Grounding, Sampling
+        return self._engine_ids(rows, self._vllm_sampling(rows, greedy, sample))
 
-        sampling = Sampling(self.cfg.max_new_tokens, temperature=0.0 if greedy else self.cfg.temperature,
-                            top_k=self.cfg.top_k,
-                            seed=(self.cfg.seed * 1_000_003 + self.step * 101 + sample) % (2 ** 31))
+    def _engine_ids(self, rows: list[dict], sampling: list) -> list[list[int]]:
+        from recalign.eval.backends import Grounding
+
         grounded = None
         if self.cfg.grounded:
             grounded = Grounding(self.titles, [r.get("history") or [] for r in rows], strict=self.cfg.grounded_strict,
                                  max_items=[int(r.get("item_count") or 10) for r in rows])
         return self.engine.generate_ids([r["prompt"] for r in rows], sampling, grounded)
+
+    def _rollout_vllm(self, rows: list[dict]) -> list[list[int]]:
+        """Every sample of every row in one engine call (sample-major, as the HF loop orders
+        them): the greedy and sampled requests decode side by side and share their prompts'
+        cached prefill, and each request keeps the seed it would have alone."""
+        samples = [(self.cfg.greedy_first and s == 0, s) for s in range(self.cfg.samples_per_prompt)]
+        sampling = [x for greedy, s in samples for x in self._vllm_sampling(rows, greedy, s)]
+        return self._engine_ids(rows * len(samples), sampling)
 
     def _trim(self, resp) -> list[list[int]]:
         return self._trim_ids(resp.tolist())
@@ -667,12 +682,11 @@ class RecPPOTrainer:
         answers, rows = [], []
         if self.engine is not None:
             self._sync_engine()
-        for s in range(cfg.samples_per_prompt):
-            greedy = cfg.greedy_first and s == 0
-            if self.engine is not None:
-                answers.extend(self._trim_ids(self._generate_vllm(batch_rows, greedy, s)))
-            else:
-                answers.extend(self._trim(self._generate(enc, batch_rows, greedy=greedy)))
+        if self.engine is not None:
+            answers = self._trim_ids(self._rollout_vllm(batch_rows))
+            rows = batch_rows * cfg.samples_per_prompt
+        for s in range(cfg.samples_per_prompt if self.engine is None else 0):
+            answers.extend(self._trim(self._generate(enc, batch_rows, greedy=cfg.greedy_first and s == 0)))
             rows.extend(batch_rows)
         t_gen = time.perf_counter() - t0
         texts = [self.tok.decode(a, skip_special_tokens=True) for a in answers]

@@ -224,6 +224,10 @@ def test_ppo_vllm_rollouts_serve_the_current_actor(tiny_dir, tmp_path, grounded)
             texts = tr.tok.batch_decode(v1, skip_special_tokens=True)
             assert all(p.title in {"Heat", "Alien", "Fargo", "Babe", "Casino"}
                        for t in texts for p in parse_items(t)), texts
+        # one engine call for all samples gives what each sample's own call gives (same seeds)
+        together = tr._rollout_vllm(PPO_ROWS)
+        assert together == tr._generate_vllm(PPO_ROWS, True, 0) + tr._generate_vllm(PPO_ROWS, False, 1)
+        assert together[len(PPO_ROWS):] != together[:len(PPO_ROWS)]      # the second sample is sampled
         # a whole rollout (greedy + sampled answers) goes through the engine and is scored
         batch = tr.rollout()
         assert batch["stats"]["skipped"] == 2 * len(PPO_ROWS)     # the reward says None: all skipped
