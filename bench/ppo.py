@@ -11,7 +11,9 @@ once per mode (``--modes``), each in a fresh interpreter because the CPU tuning 
   (the layers below the lowest LoRA layer run once per rollout);
 * ``vllm-whole``: vLLM rollouts, tuned, every forward through all layers;
 * ``vllm``: the default, the in-process vLLM engine whose weights are synced to the actor each
-  step, tuned, with the reuse.
+  step, tuned, with the reuse;
+* ``vllm-bf16``: ``vllm`` with ``cpu_bf16`` (the training model's forwards under bf16
+  autocast; vLLM keeps its own dtype).
 
 It splits each step's wall time into generation (greedy + sampled answers; for vLLM including the weight sync), scoring (parser + rewards + teacher ranks), the rollout forwards (old log-probs,
 reference log-probs, values) and the PPO update (``ppo_epochs`` passes of actor and critic
@@ -47,9 +49,10 @@ def log(*a):
     print(*a, file=sys.stderr, flush=True)
 
 
-# mode -> (rollout engine, CPU tuning, reuse of the frozen layers' output)
-MODES = {"hf-plain": ("hf", False, False), "hf": ("hf", True, True), "vllm-whole": ("vllm", True, False),
-         "vllm": ("vllm", True, True)}
+# mode -> (rollout engine, CPU tuning, reuse of the frozen layers' output, bf16 autocast)
+MODES = {"hf-plain": ("hf", False, False, False), "hf": ("hf", True, True, False),
+         "vllm-whole": ("vllm", True, False, False), "vllm": ("vllm", True, True, False),
+         "vllm-bf16": ("vllm", True, True, True)}
 
 
 def run(model: str, mode: str, args, out: Path) -> dict:
@@ -57,7 +60,7 @@ def run(model: str, mode: str, args, out: Path) -> dict:
     import torch
 
     torch.set_num_threads(args.threads)
-    rollout, tuned, reuse = MODES[mode]
+    rollout, tuned, reuse, bf16 = MODES[mode]
     tuning = []
     if tuned:
         from recalign.models.device import tune_cpu_training
@@ -73,7 +76,7 @@ def run(model: str, mode: str, args, out: Path) -> dict:
                        lora_top_layers=args.lora_top_layers, save_steps=0, seed=args.seed,
                        mini_batch_size=args.mini_batch, ppo_epochs=args.ppo_epochs, target_kl=None,
                        rollout_backend=rollout, rollout_dtype=args.rollout_dtype, adapter=args.adapter or None,
-                       reuse_frozen_layers=reuse)
+                       reuse_frozen_layers=reuse, cpu_bf16=bf16)
     ctx = load_reward_context(args.data)
     rows = load_rows(cfg, ctx.catalog)
     m, tok = load_policy(model, cfg.adapter)

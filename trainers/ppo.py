@@ -96,6 +96,11 @@ class RecPPOConfig:
                 "rollout and reuse their output in the reference, value and update forwards (exact: those "
                 "layers are frozen and shared by actor, critic and reference; costs answers x length x "
                 "hidden floats of memory per step)"})
+    cpu_bf16: bool = field(default=False, metadata={
+        "help": "on a CPU with AVX512-BF16 (or AMX), run the training model's forwards (old, reference and "
+                "update log-probs, values, HF rollouts) under bf16 autocast; LoRA weights, optimizer state "
+                "and losses stay fp32, and rollout and update share the autocast, so the first update's "
+                "ratio is 1 up to bf16 rounding"})
     rollout_enforce_eager: bool = field(default=True, metadata={
         "help": "vLLM rollouts without torch.compile (start in seconds, not minutes)"})
     # PPO (REFERENCE.md §1.4)
@@ -181,6 +186,13 @@ class RecPPOConfig:
             problems.append(f"lr_schedule must be constant or warmup_power2, got {self.lr_schedule!r}")
         if self.rollout_backend not in ("auto", "hf", "vllm"):
             problems.append(f"rollout_backend must be auto, hf or vllm, got {self.rollout_backend!r}")
+        if self.cpu_bf16:
+            import torch
+
+            if not (torch.cuda.is_available() or torch.cpu._is_avx512_bf16_supported()
+                    or torch.cpu._is_amx_tile_supported()):
+                problems.append("cpu_bf16: this CPU has neither AVX512-BF16 nor AMX (bf16 would be emulated, "
+                                "slower than fp32); train in fp32")
         if problems:
             raise ValueError("; ".join(problems))
 
@@ -517,6 +529,11 @@ class RecPPOTrainer:
             return 0
         return k
 
+    def _autocast(self):
+        import torch
+
+        return torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.cfg.cpu_bf16 and self.device.type == "cpu")
+
     def _prefix_hidden(self, ids, attn, k: int):
         """The input of decoder layer ``k`` (the frozen layers' output), captured by a hook
         that stops the forward there."""
@@ -533,7 +550,8 @@ class RecPPOTrainer:
         handle = layer.register_forward_pre_hook(grab, with_kwargs=True)
         pos = (attn.long().cumsum(-1) - 1).clamp(min=0)
         try:
-            self._body()(input_ids=ids, attention_mask=attn, position_ids=pos, use_cache=False)
+            with self._autocast():
+                self._body()(input_ids=ids, attention_mask=attn, position_ids=pos, use_cache=False)
         except _Stop:
             pass
         finally:
@@ -561,14 +579,14 @@ class RecPPOTrainer:
     def _forward_logits(self, ids, attn, T: int, hidden=None, k: int = 0):
         pos = (attn.long().cumsum(-1) - 1).clamp(min=0)
         src = {"input_ids": ids} if hidden is None else {"inputs_embeds": hidden}
-        with self._top(k if hidden is not None else 0):
+        with self._top(k if hidden is not None else 0), self._autocast():
             out = self.model(**src, attention_mask=attn, position_ids=pos, logits_to_keep=T + 1, use_cache=False)
         return out.logits[:, :-1].float()
 
     def _values(self, ids, attn, T: int, hidden=None, k: int = 0):
         pos = (attn.long().cumsum(-1) - 1).clamp(min=0)
         src = {"input_ids": ids} if hidden is None else {"inputs_embeds": hidden}
-        with self._top(k if hidden is not None else 0):
+        with self._top(k if hidden is not None else 0), self._autocast():
             h = self._body()(**src, attention_mask=attn, position_ids=pos,
                              use_cache=False).last_hidden_state[:, -T - 1:-1]
         return self.value_head(h.float()).squeeze(-1)
@@ -603,7 +621,8 @@ class RecPPOTrainer:
         self._use("actor")
         self.peft.eval()
         with torch.no_grad():
-            gen = self.peft.generate(**enc, **kw)
+            with self._autocast():
+                gen = self.peft.generate(**enc, **kw)
         return gen[:, enc["input_ids"].shape[1]:]
 
     def _vllm_sampling(self, rows: list[dict], greedy: bool, sample: int) -> list:

@@ -388,3 +388,30 @@ def test_reuse_is_refused_where_the_trunk_rescales_its_input(tiny, tmp_path):
                        titles=TITLES, log=notes.append)
     assert tr._k == 0 and any("does not start cleanly from layer 1" in n for n in notes)
     assert "hidden" not in tr.rollout()
+
+
+def test_cpu_bf16_runs_every_forward_under_autocast_and_stays_on_policy(tiny, tmp_path):
+    """cpu_bf16: the forwards compute in bf16 (log-probs differ from fp32 by rounding only), and
+    rollout and update share the autocast, so the first minibatch is exactly on-policy (KL 0: it
+    updates once before target_kl 1e-9 stops the next, as in fp32)."""
+    if not (torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()):
+        pytest.skip("this CPU has no bf16 instructions (the refusal is tested below)")
+    fp = _toy_trainer(tiny, tmp_path / "fp", steps=1)
+    bf = _toy_trainer(tiny, tmp_path / "bf", steps=1, cpu_bf16=True)
+    batch = fp.rollout()
+    T = batch["resp"].shape[1]
+    with torch.no_grad():
+        a = fp._logp(fp._forward_logits(batch["ids"], batch["attn"], T), batch["resp"])
+        b = bf._logp(bf._forward_logits(batch["ids"], batch["attn"], T), batch["resp"])
+    diff = ((a - b).abs() * batch["mask"]).max()
+    assert 0 < diff < 0.1
+    assert all(h["kl_early_stop"] and h["updates"] == 1
+               for h in _toy_trainer(tiny, tmp_path / "stop", steps=2, cpu_bf16=True, target_kl=1e-9).train())
+
+
+def test_cpu_bf16_is_refused_where_bf16_would_be_emulated(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
+    with pytest.raises(ValueError, match="cpu_bf16: this CPU has neither AVX512-BF16 nor AMX"):
+        RecPPOConfig(cpu_bf16=True)
