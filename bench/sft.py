@@ -91,6 +91,7 @@ def run_mode(args, mode: str, data: Path, workdir: Path) -> dict:
 
     from recalign.models import load_model
     from recalign.trainers import sft
+    from recalign.trainers.common import lora_config
 
     class Clock(TrainerCallback):
         def __init__(self):
@@ -117,7 +118,7 @@ def run_mode(args, mode: str, data: Path, workdir: Path) -> dict:
     tok.padding_side = "right"
     train_rows, _ = sft.load_rows(cfg)
     trainer = SFTTrainer(model=model, args=cfg, train_dataset=train_rows, processing_class=tok,
-                             peft_config=sft.lora_config(cfg, model), callbacks=[clock])
+                             peft_config=lora_config(cfg, model), callbacks=[clock])
     trainer.train()
     seconds = time.perf_counter() - clock.t0
     ru = resource.getrusage(resource.RUSAGE_SELF)

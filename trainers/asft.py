@@ -45,13 +45,14 @@ from pathlib import Path
 from typing import Mapping, Sequence
 
 import numpy as np
-from transformers import Trainer
+from trl import SFTTrainer
 
 from recalign.data import DataError, RecDataset
 from recalign.data.util import suggest
 from recalign.rewards.asft import asft_weights, judge_ratings  # noqa: F401 (judge: part of this API)
 
-from .sft import RecSFTConfig, lora_config
+from .common import load_training_model, lora_config, resume_checkpoint
+from .sft import RecSFTConfig
 
 __all__ = ["BASELINES", "WEIGHTINGS", "ASFTTrainer", "RecASFTConfig", "WeightedCollator", "example_weights",
            "item_mean_ratings", "judge_ratings", "logged_examples", "main", "teacher_baselines",
@@ -107,7 +108,13 @@ class RecASFTConfig(RecSFTConfig):
         if self.tasks:
             raise ValueError("--tasks does not apply to A-SFT: it trains on logged (history, item, rating) "
                              "examples built from the data's dataset, not on instruction rows")
+        if self.padding_free:
+            raise ValueError("--padding_free does not apply to A-SFT: its collator pads the weighted batches "
+                             "itself (TRL allows no custom collator with padding-free); drop --padding_free")
         self.remove_unused_columns = False      # the collator needs the `weight` column
+        # the rows arrive tokenised, with labels and weights (tokenize_examples): TRL's SFT preparation
+        # (chat template, label masks, truncation) has been done, and would drop the weights
+        self.dataset_kwargs = {**(self.dataset_kwargs or {}), "skip_prepare_dataset": True}
         self.prediction_loss_only = True        # eval = weighted loss; no logits gathered
         self.label_names = ["labels"]
         super().__post_init__()
@@ -310,8 +317,9 @@ def weighted_nll(model, batch: Mapping, normalize: bool = False):
     return (w * nll).mean(), nll
 
 
-class ASFTTrainer(Trainer):
-    """transformers.Trainer whose loss is :func:`weighted_nll`; also logs the unweighted
+class ASFTTrainer(SFTTrainer):
+    """TRL's SFTTrainer on pre-tokenised weighted rows (:func:`tokenize_examples`, padded by
+    :class:`WeightedCollator`) whose loss is :func:`weighted_nll`; it also logs the unweighted
     completion NLL (``nll``) next to the weighted ``loss``."""
 
     loss_is_scaled_for_ga = False      # a per-batch mean: the Trainer divides by accumulation steps
@@ -351,7 +359,7 @@ def _rows_and_weights(cfg: RecASFTConfig, ctx, split: str):
 def train(cfg: RecASFTConfig) -> Path:
     from peft import get_peft_model
 
-    from recalign.data.util import check_resume, provenance, sha256_file, write_json
+    from recalign.data.util import provenance, sha256_file, write_json
     from recalign.models import load_policy, resolve_model, stack_into
     from recalign.models.resolve import model_fingerprint
 
@@ -368,17 +376,7 @@ def train(cfg: RecASFTConfig) -> Path:
     from recalign.models.device import tune_cpu_training
 
     cpu_tuning = tune_cpu_training(cfg.torch_compile)
-    kw = {}
-    if cfg.load_in_4bit:
-        from recalign.models.device import bnb_4bit_config
-
-        kw["quantization_config"] = bnb_4bit_config()
-    model, tok = load_policy(cfg.model, cfg.adapter, **kw)
-    tok.padding_side = "right"
-    if cfg.load_in_4bit:
-        from peft import prepare_model_for_kbit_training
-
-        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+    model, tok = load_training_model(cfg, lambda **kw: load_policy(cfg.model, cfg.adapter, **kw))
     train_ds, kept = tokenize_examples(rows, w, tok, cfg.max_length)
     too_long = len(rows) - len(kept)
     if not kept:
@@ -395,12 +393,7 @@ def train(cfg: RecASFTConfig) -> Path:
     set_seed(cfg.seed)       # LoRA's A matrices are drawn here, before the Trainer seeds: a run repeats
     model = get_peft_model(model, lora_config(cfg, model))
     out = Path(cfg.output_dir)
-    last = None
-    if cfg.resume and out.is_dir():
-        from transformers.trainer_utils import get_last_checkpoint
-
-        last = get_last_checkpoint(str(out))
-    check_resume(out, cfg, last is not None)
+    last = resume_checkpoint(cfg)
     trainer = ASFTTrainer(model=model, args=cfg, train_dataset=train_ds, eval_dataset=eval_ds,
                           processing_class=tok, data_collator=WeightedCollator(tok.pad_token_id),
                           asft_normalize=cfg.asft_normalize)

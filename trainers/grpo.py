@@ -160,12 +160,12 @@ def train(cfg: _RecRLFields, method: str | None = None) -> Path:
     the stage's adapter and ``card.json`` to ``cfg.output_dir``."""
     from trl import GRPOTrainer, RLOOTrainer
 
-    from recalign.data.util import check_resume, provenance, sha256_file, write_json
+    from recalign.data.util import provenance, sha256_file, write_json
     from recalign.models import resolve_model
     from recalign.models.adapters import load_policy, stack_into
     from recalign.models.resolve import model_fingerprint
     from recalign.trainers.rewarding import check_reward_rows, load_reward_context
-    from recalign.trainers.sft import lora_config
+    from recalign.trainers.common import lora_config, resume_checkpoint
 
     method = method or cfg._METHOD
     if method not in METHODS or not isinstance(cfg, CONFIGS[method]):
@@ -180,12 +180,7 @@ def train(cfg: _RecRLFields, method: str | None = None) -> Path:
     cpu_tuning = tune_cpu_training(cfg.torch_compile)
     model, tok = load_policy(cfg.model, cfg.adapter)
     out = Path(cfg.output_dir)
-    last = None
-    if cfg.resume and out.is_dir():
-        from transformers.trainer_utils import get_last_checkpoint
-
-        last = get_last_checkpoint(str(out))
-    check_resume(out, cfg, last is not None)
+    last = resume_checkpoint(cfg)
     trainer_cls = GRPOTrainer if method == "grpo" else RLOOTrainer
     engine = _rollout_engine(cfg, method, model, tok)
     extra = {} if engine is None else {"rollout_func": _rollout_func(cfg, engine, model, tok)}

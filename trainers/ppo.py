@@ -332,7 +332,7 @@ class RecPPOTrainer:
         from accelerate import Accelerator
         from peft import get_peft_model
 
-        from .sft import lora_config
+        from .common import lora_config
 
         if not rows:
             raise ValueError("no training rows")

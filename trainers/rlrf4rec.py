@@ -293,7 +293,7 @@ class RLRF4RecLoop:
 
         from recalign.models.adapters import load_policy, stack_adapters
         from recalign.models.device import trainer_precision
-        from recalign.trainers.sft import lora_config
+        from recalign.trainers.common import lora_config
 
         from recalign.models.device import tune_cpu_training
 

@@ -92,56 +92,21 @@ def load_rows(cfg: RecSFTConfig):
     return train, valid
 
 
-def lora_config(cfg: RecSFTConfig, model):
-    from peft import LoraConfig
-
-    import torch
-
-    if cfg.lora_target_modules != "all-linear":
-        targets = [m.strip() for m in cfg.lora_target_modules.split(",")]
-    elif cfg.lora_top_layers:
-        # peft needs explicit names with layers_to_transform: every linear inside the blocks
-        targets = sorted({name.rsplit(".", 1)[-1] for name, mod in model.named_modules()
-                          if isinstance(mod, torch.nn.Linear) and ".layers." in name})
-    else:
-        targets = "all-linear"
-    layers = None
-    if cfg.lora_top_layers:
-        n = model.config.num_hidden_layers
-        layers = list(range(max(0, n - cfg.lora_top_layers), n))
-    return LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
-                      target_modules=targets, layers_to_transform=layers, task_type="CAUSAL_LM")
-
-
 def train(cfg: RecSFTConfig) -> Path:
     from trl import SFTTrainer
 
-    from recalign.data.util import check_resume, provenance, sha256_file, write_json
+    from recalign.data.util import provenance, sha256_file, write_json
     from recalign.models import load_model, resolve_model
+    from recalign.models.device import tune_cpu_training
     from recalign.models.resolve import model_fingerprint
 
-    from recalign.models.device import tune_cpu_training
+    from .common import load_training_model, lora_config, resume_checkpoint
 
     train_rows, valid_rows = load_rows(cfg)
     cpu_tuning = tune_cpu_training(cfg.torch_compile)
-    kw = {}
-    if cfg.load_in_4bit:
-        from recalign.models.device import bnb_4bit_config
-
-        kw["quantization_config"] = bnb_4bit_config()
-    model, tok = load_model(cfg.model, **kw)
-    tok.padding_side = "right"          # training pads on the right; generation sets left again
-    if cfg.load_in_4bit:
-        from peft import prepare_model_for_kbit_training
-
-        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+    model, tok = load_training_model(cfg, lambda **kw: load_model(cfg.model, **kw))
     out = Path(cfg.output_dir)
-    last = None
-    if cfg.resume and out.is_dir():
-        from transformers.trainer_utils import get_last_checkpoint
-
-        last = get_last_checkpoint(str(out))
-    check_resume(out, cfg, last is not None)
+    last = resume_checkpoint(cfg)
     trainer = SFTTrainer(model=model, args=cfg, train_dataset=train_rows, eval_dataset=valid_rows,
                          processing_class=tok, peft_config=lora_config(cfg, model))
     trainer.train(resume_from_checkpoint=last)

@@ -241,10 +241,12 @@ def test_judge_ratings_hand_built():
     (["--weighting", "awr"], "--weighting 'awr'"),
     (["--weighting", "bc", "--asft_baseline", "user_mean"], "pass --asft_baseline none"),
     (["--tasks", "I0"], "--tasks does not apply"),
+    (["--padding_free", "true"], "--padding_free does not apply"),
 ])
 def test_bad_config_is_a_clear_error(tmp_path, flags, message):
     with pytest.raises(ValueError, match=message):
         RecASFTConfig(output_dir=str(tmp_path), data=str(tmp_path), **{
-            f[2:]: (float(v) if f == "--asft_lambda" else v) for f, v in zip(flags[::2], flags[1::2])})
+            f[2:]: (float(v) if f == "--asft_lambda" else True if v == "true" else v)
+            for f, v in zip(flags[::2], flags[1::2])})
     with pytest.raises(ValueError, match=message):
         main(["--data", str(tmp_path), "--output_dir", str(tmp_path / "o"), *flags])

@@ -18,12 +18,27 @@ def fake_gpu(monkeypatch):
     return make
 
 
+def _qlora():
+    """QLoRA's config as the trainers build it (TRL's get_quantization_config on our fields)."""
+    from types import SimpleNamespace
+
+    from trl import get_quantization_config
+
+    from recalign.trainers.common import model_config
+
+    cfg = SimpleNamespace(model="m", lora_r=4, lora_alpha=2, lora_dropout=0.0, lora_target_modules="all-linear",
+                          load_in_4bit=True)
+    q = get_quantization_config(model_config(cfg))
+    assert q.load_in_4bit and q.bnb_4bit_quant_type == "nf4" and not q.bnb_4bit_use_double_quant
+    return q
+
+
 def test_cpu_keeps_float32_and_the_cpu():
     if torch.cuda.is_available():
         pytest.skip("this test describes a CPU machine")
     assert dev.compute_dtype() == torch.float32 and dev.device().type == "cpu"
     assert dev.trainer_precision() == {"bf16": False, "fp16": False, "use_cpu": True}
-    q = dev.bnb_4bit_config()
+    q = _qlora()
     assert q.bnb_4bit_compute_dtype == torch.float32 and q.bnb_4bit_quant_storage == torch.float32
 
 
@@ -32,7 +47,7 @@ def test_gpu_gets_bf16_or_fp16_and_the_local_rank(fake_gpu, monkeypatch):
     monkeypatch.setenv("LOCAL_RANK", "2")
     assert dev.compute_dtype() == torch.bfloat16 and dev.device() == torch.device("cuda", 2)
     assert dev.trainer_precision() == {"bf16": True, "fp16": False, "use_cpu": False}
-    q = dev.bnb_4bit_config()
+    q = _qlora()
     assert q.bnb_4bit_compute_dtype == torch.bfloat16 and q.bnb_4bit_quant_storage == torch.bfloat16
     fake_gpu(bf16=False)
     assert dev.compute_dtype() == torch.float16 and dev.trainer_precision()["fp16"] is True
@@ -110,3 +125,21 @@ def test_cpu_tuning_scores_only_completion_positions_with_the_same_loss(tmp_path
     assert after == pytest.approx(before, rel=1e-5)
     assert torch.allclose(grad_after, grad_before, atol=1e-6)
     assert "completion-only head" not in dev.tune_cpu_training(torch_compile=True)
+
+
+def test_release_cpu_memory_gives_the_training_heap_back():
+    """With the allocator tuned for training, a freed 256 MB tensor stays in the process until
+    release_cpu_memory trims the heap (the pipeline calls it after every stage)."""
+    import os
+
+    if torch.cuda.is_available() or "malloc" not in dev.tune_cpu_training(torch_compile=True):
+        pytest.skip("glibc's allocator is tuned only for CPU training")
+
+    def rss():
+        return int(open("/proc/self/statm").read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+    x = torch.ones(64 * 2 ** 20)            # 256 MB, written, so resident
+    del x
+    held = rss()
+    assert dev.release_cpu_memory() is True
+    assert held - rss() > 200 * 2 ** 20

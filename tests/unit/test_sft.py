@@ -43,6 +43,27 @@ def test_top_layers_and_task_filter(inst):
     assert json.loads((out / "card.json").read_text())["train_rows"] == 12
 
 
+def test_lora_config_comes_from_trls_model_config(inst):
+    """The LoRA config is TRL's get_peft_config on our fields, plus the top-layers limit."""
+    from types import SimpleNamespace
+
+    from transformers import AutoModelForCausalLM
+
+    from recalign.trainers.common import lora_config
+
+    model = AutoModelForCausalLM.from_pretrained(str(inst[1]))
+    base = dict(model=str(inst[1]), lora_r=4, lora_alpha=2, lora_dropout=0.05, lora_top_layers=None,
+                lora_target_modules="all-linear")
+    c = lora_config(SimpleNamespace(**base), model)
+    assert c.target_modules == "all-linear" and c.layers_to_transform is None
+    assert (c.r, c.lora_alpha, c.lora_dropout, c.task_type, c.bias) == (4, 2, 0.05, "CAUSAL_LM", "none")
+    assert lora_config(SimpleNamespace(**{**base, "lora_target_modules": " q_proj, v_proj"}), model
+                       ).target_modules == {"q_proj", "v_proj"}
+    top = lora_config(SimpleNamespace(**{**base, "lora_top_layers": 1}), model)
+    n = model.config.num_hidden_layers
+    assert top.layers_to_transform == [n - 1] and {"q_proj", "v_proj", "down_proj"} <= set(top.target_modules)
+
+
 def test_resume_continues_from_checkpoint(inst):
     out = inst[2] / "c"
     assert _run(inst, out, "--max_steps", "2", "--save_strategy", "steps", "--save_steps", "2") == 0
