@@ -159,8 +159,19 @@ def _check_section(cls, values: Any, where: str, skip: set = frozenset()) -> Non
         if key not in fields:
             raise DataError(f"recipe {where}.{key}: unknown key{suggest(key, fields)}; {where} takes "
                             f"{cls.__name__} fields")
-        if value is not None and not _type_ok(value, fields[key].type):
-            raise DataError(f"recipe {where}.{key}: {value!r} does not fit {_type_text(fields[key].type)}")
+        declared = _declared_types(cls).get(key, fields[key].type)
+        if value is not None and not _type_ok(value, declared):
+            raise DataError(f"recipe {where}.{key}: {value!r} does not fit {_type_text(declared)}")
+
+
+def _declared_types(cls) -> dict:
+    """Field annotations as the classes declare them. ``field.type`` is not reliable:
+    transformers' HfArgumentParser rewrites it in place (``int | str | None`` becomes ``str``)
+    once any parser has been built over the class in this process."""
+    out: dict = {}
+    for klass in reversed(cls.__mro__):
+        out.update(klass.__dict__.get("__annotations__", {}))
+    return out
 
 
 def validate_recipe(r: dict) -> None:
@@ -243,6 +254,9 @@ class Pipeline:
             t0 = time.perf_counter()
             self.log(f"[{name}] running")
             fn(target)
+            from recalign.models.device import release_cpu_memory
+
+            release_cpu_memory()        # a training stage's heap would otherwise stay held by evals
             atomic_write(marker, json.dumps({"key": key, "settings": settings,
                                              "seconds": round(time.perf_counter() - t0, 1)}, default=str))
             self.ran.append(name)

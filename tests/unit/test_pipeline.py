@@ -249,4 +249,6 @@ def test_cpu_bf16_on_a_cpu_without_bf16_fails_before_any_stage(monkeypatch):
     with pytest.raises(DataError, match=r"sft\.cpu_bf16: this CPU has neither AVX512-BF16 nor AMX.*"
                                         r"--set sft\.cpu_bf16=false"):
         validate_recipe(recipe)
-    validate_recipe(load_recipe(RECIPE, "proof", {"sft": {"cpu_bf16": False}}))
+    with pytest.raises(DataError, match=r"rl\.ppo\.cpu_bf16: .*--set rl\.ppo\.cpu_bf16=false"):
+        validate_recipe(load_recipe(RECIPE, "proof", {"sft": {"cpu_bf16": False}}))   # the proof's PPO too
+    validate_recipe(load_recipe(RECIPE, "proof", {"sft": {"cpu_bf16": False}, "rl": {"ppo": {"cpu_bf16": False}}}))
