@@ -48,6 +48,7 @@ def trainer_precision() -> dict:
 
 
 _CPU_TUNED: list[str] | None = None
+_TUNED_LIBC = None          # glibc, once its allocator is tuned: release_cpu_memory trims through it
 
 
 def tune_cpu_training(torch_compile: bool = False) -> list[str]:
@@ -67,7 +68,7 @@ def tune_cpu_training(torch_compile: bool = False) -> list[str]:
     >>> tune_cpu_training() if not __import__("torch").cuda.is_available() else []  # doctest: +SKIP
     ['malloc', 'completion-only head']
     """
-    global _CPU_TUNED
+    global _CPU_TUNED, _TUNED_LIBC
     import torch
 
     if torch.cuda.is_available():
@@ -82,6 +83,7 @@ def tune_cpu_training(torch_compile: bool = False) -> list[str]:
             # M_TRIM_THRESHOLD = -1, M_MMAP_MAX = -4 (malloc.h); mallopt returns 1 on success
             if libc.mallopt(-4, 0) == 1 and libc.mallopt(-1, 2 ** 31 - 1) == 1:
                 _CPU_TUNED.append("malloc")
+                _TUNED_LIBC = libc
         except (OSError, AttributeError):      # not glibc (musl, macOS): nothing to tune
             pass
     done = list(_CPU_TUNED)
@@ -110,13 +112,9 @@ def release_cpu_memory() -> bool:
     """
     import gc
 
-    if "malloc" not in (_CPU_TUNED or []):
+    if _TUNED_LIBC is None:
         return False
-    import ctypes
-    import ctypes.util
-
     gc.collect()
-    libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-    libc.malloc_trim(0)
+    _TUNED_LIBC.malloc_trim(0)
     return True
 

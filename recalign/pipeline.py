@@ -153,13 +153,14 @@ def _check_section(cls, values: Any, where: str, skip: set = frozenset()) -> Non
     if not isinstance(values, dict):
         raise DataError(f"recipe {where}: expected a mapping of {cls.__name__} fields, got {values!r}")
     fields = {f.name: f for f in dataclasses.fields(cls)}
+    types = _declared_types(cls)
     for key, value in values.items():
         if key in skip:
             continue
         if key not in fields:
             raise DataError(f"recipe {where}.{key}: unknown key{suggest(key, fields)}; {where} takes "
                             f"{cls.__name__} fields")
-        declared = _declared_types(cls).get(key, fields[key].type)
+        declared = types.get(key, fields[key].type)
         if value is not None and not _type_ok(value, declared):
             raise DataError(f"recipe {where}.{key}: {value!r} does not fit {_type_text(declared)}")
 
