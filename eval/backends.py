@@ -3,7 +3,6 @@
     backend = make_backend("hf", "smollm2-135m-instruct", adapter="runs/sft")
     texts = backend.generate(prompts, Sampling(max_new_tokens=200))           # chat messages in
     texts = backend.generate(prompts, Sampling(), grounded=Grounding(titles, histories))
-    lp = backend.logprobs(["Question ... Answer:"], [" A", " B", " C", " D"])   # [B, 4]
 
 vLLM is imported only inside :class:`VLLMBackend` (see ``eval/vllm_backend.py``).
 """
@@ -13,7 +12,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
-import numpy as np
 
 from recalign.data.util import DataError
 from recalign.models.adapters import check_adapter, load_adapter
@@ -62,10 +60,6 @@ class Backend:
 
     def generate(self, prompts: Sequence[Messages], sampling: Sampling,
                  grounded: Grounding | None = None) -> list[str]:
-        raise NotImplementedError
-
-    def logprobs(self, texts: Sequence[str], candidates: Sequence[str]) -> np.ndarray:
-        """Next-token log-probabilities of each candidate's first token after each text."""
         raise NotImplementedError
 
 
@@ -141,18 +135,6 @@ class HFBackend(Backend):
         return beam_lists(self.model_obj, self.tok, [self.chat_text(m) for m in prompts], self._trie(grounded.titles),
                           grounded.histories, ks, width=width, batch_size=max(1, min(8, self.batch_size)),
                           length_penalty=length_penalty)
-
-    def logprobs(self, texts, candidates):
-        import torch
-
-        cand = [self.tok(c, add_special_tokens=False)["input_ids"][0] for c in candidates]
-        rows = []
-        for s in range(0, len(texts), self.batch_size):
-            enc = self.tok(list(texts[s:s + self.batch_size]), return_tensors="pt", padding=True).to(self.device)
-            with torch.no_grad():
-                logits = self.model_obj(**enc, logits_to_keep=1).logits[:, -1].float()
-            rows.append(torch.log_softmax(logits, -1)[:, cand].cpu().numpy())
-        return np.concatenate(rows) if rows else np.zeros((0, len(candidates)))
 
 
 BACKENDS = ("hf", "vllm", "auto")

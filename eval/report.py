@@ -223,7 +223,11 @@ def _retention_section(runs: list[dict]) -> list[str]:
         iv = f" [{100 * ci[0]:.1f}, {100 * ci[1]:.1f}]" if ci else ""
         return f"{_fmt('CPA', res.get('accuracy'))}{iv} | {res.get('n', '–')}"
 
-    lines = ["", "## Retention", "", "Accuracy with its 95% bootstrap interval over questions.", "",
+    tool = next((r["retention"].get("lm_eval") for r in ret if r["retention"].get("lm_eval")), None)
+    how = (f"lm-evaluation-harness {tool['version']}: its mmlu (5-shot) and gsm8k_cot (8-shot, flexible-extract) "
+           f"task configs on local files ({tool['tasks_folder']}); each model's `lm_eval` command is in its "
+           "metrics.json. " if tool else "")
+    lines = ["", "## Retention", "", how + "Accuracy with its 95% bootstrap interval over questions.", "",
              "| model | MMLU (5-shot) [95% CI] | n | GSM8K (8-shot CoT) [95% CI] | n |", "|---|---|---|---|---|"]
     for r in ret:
         lines.append(f"| {r['name']} | {cell(r['retention'].get('mmlu') or {})} | "

