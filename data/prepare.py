@@ -40,7 +40,7 @@ class PrepareOptions:
     category_depth: int | None = None     # keep at most this many levels of each path
     require_categories: bool | None = None  # drop items without a category (default per format)
     dedupe: bool = True                   # keep a user's first interaction with an item only
-    # --dataset generic: the file's own column names and category separator (data/loaders.py)
+    # --dataset generic: the file's own column names and category separator (data/loaders/generic.py)
     columns: str | dict | None = None     # "user=userId,item=movieId,time=timestamp,rating=rating"
     item_columns: str | dict | None = None  # "item=movieId,title=title,categories=genres"
     category_sep: str = "|"

@@ -34,7 +34,7 @@ from __future__ import annotations
 from typing import Iterable, Mapping, Sequence
 
 from recalign.data import Catalog, normalize_title
-from recalign.rewards.parser import ParsedItem, catalog_index, completion_text, lookup_item, match_title, parse_answer
+from recalign.rewards.parser import ParsedItem, completion_text, lookup_item, parse_answer
 from recalign.rewards.reclm import RowSpec, row_rule, row_spec
 from recalign.teacher.metrics import position_scores
 
@@ -74,12 +74,7 @@ def sample_metrics(row: Mapping, completion, catalog: Catalog, *, fuzzy: bool = 
     if parser == "strict":
         items = [lookup_item(catalog, it.title, "strict", fuzzy) for it in top]
     else:
-        lookup = catalog_index(catalog).lookup
-        for it in top:
-            item = lookup(it.title) if it.title else None
-            if item is None and it.title:
-                item = match_title(catalog, it.title, fuzzy)
-            items.append(item)
+        items = [catalog.find(it.title, fuzzy) for it in top]
 
     nonexist = repeat = in_hist = in_full = in_cat = out_cat = 0
     seen: set = set()

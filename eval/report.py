@@ -455,3 +455,57 @@ def write_report(out: str | Path, runs: list[dict], curves: dict[str, list[dict]
                      + f", versions {json.dumps(p.get('versions', {}))}")
     (out / "report.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
     return out / "report.md"
+
+
+def write_rlrf4rec_report(out: Path, results: list[dict], backbones: list[str]) -> Path:
+    """report.md: no knowledge / base-LLM knowledge / rounds per backbone, plus plots."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ks = (1, 3, 5, 7)
+    cols = [f"NDCG@{k}" for k in ks] + [f"MAP@{k}" for k in ks]
+    lines = ["# RLRF4Rec report", "",
+             f"{results[0]['users']} users ({results[0].get('skipped_users', 0)} skipped: too few ratings); "
+             "reranking lists of 10 items (interacted + random negatives), label = rating >= 4; "
+             "metrics on each user's held-out test list.", "",
+             "| backbone | knowledge | " + " | ".join(cols) + " |", "|---|---|" + "---|" * len(cols)]
+    for b in backbones:
+        for key, label in (("no_knowledge", "none (item ids only)"), ("items_only", "item facts, no user knowledge")):
+            nk = results[0].get(key, {}).get(b)
+            if nk:
+                lines.append(f"| {b} | {label} | " + " | ".join(f"{nk[c]:.4f}" for c in cols) + " |")
+        for res in results:
+            m = res["metrics"][b]
+            label = "base LLM" if res["round"] == 0 else f"DPO round {res['round']}"
+            lines.append(f"| {b} | {label} | " + " | ".join(f"{m[c]:.4f}" for c in cols) + " |")
+    rounds = [r for r in results if r["round"] > 0]
+    if rounds:
+        lines += ["", "| round | pairs | tied users | empty texts | mean candidate score | chosen − rejected |",
+                  "|---|---|---|---|---|---|"]
+        for r in rounds:
+            lines.append(f"| {r['round']} | {r['pairs']} | {r['tied_users']} | {r['empty_texts']} | "
+                         f"{r['candidate_score_mean']:.4f} | {r['chosen_minus_rejected']:.4f} |")
+    (out / "plots").mkdir(exist_ok=True)
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
+    for ax, metric in zip(axes, ("NDCG@5", "MAP@5")):
+        for b in backbones:
+            xs = [r["round"] for r in results]
+            line, = ax.plot(xs, [r["metrics"][b][metric] for r in results], marker="o", label=b)
+            nk = results[0].get("items_only", {}).get(b)
+            if nk:
+                ax.axhline(nk[metric], color=line.get_color(), linestyle="--", linewidth=1,
+                           label=f"{b}, no user knowledge")
+        ax.set_xlabel("round (0 = base LLM)")
+        ax.set_title(metric)
+    axes[0].legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out / "plots" / "rounds.png", dpi=90)
+    plt.close(fig)
+    lines += ["", "![plots/rounds.png](plots/rounds.png)", ""]
+    path = out / "report.md"
+    from recalign.data.util import atomic_write
+
+    atomic_write(path, "\n".join(lines))
+    return path

@@ -16,7 +16,7 @@ but models write other shapes too. :func:`parse_items` reads, in this order of p
    when together they are one title, e.g. ``Shawshank Redemption, The (1994)``).
 
 Titles keep their trailing ``(1995)`` / ``(Comedy)`` / ``[246]``: whether to drop those is
-decided by :func:`match_title`, which tries the full string first and the stripped
+decided by :meth:`Catalog.find`, which tries the full string first and the stripped
 variants afterwards, so catalog titles that carry such a suffix (``Cape Fear (1991)``,
 ``9 (2009)``) keep matching. Quotes and markdown emphasis around a title are removed.
 
@@ -39,10 +39,10 @@ import re
 import weakref
 from typing import Any, Mapping, NamedTuple
 
-from recalign.data import Catalog, normalize_title
+from recalign.data import Catalog
 
 __all__ = ["ParsedItem", "parse_items", "parse_items_strict", "parse_answer", "lookup_item", "PARSERS",
-           "parse_list", "match_title", "title_variants", "CatalogIndex", "catalog_index", "as_text",
+           "parse_list", "CatalogIndex", "catalog_index", "as_text",
            "completion_text"]
 
 
@@ -80,7 +80,6 @@ _PROSE_START = re.compile(
     r"these (?:are|movies|items|films|titles|recommendations)\b|hope (?:you|this)\b|enjoy[!.]|"
     r"note[:,]|let me\b|below\b|as an\b|you (?:might|may|will|could|should|can)\b|"
     r"if you\b|happy (?:watching|viewing|reading|gaming)\b)", re.I)
-_OPEN_FOR = {")": "(", "]": "[", "}": "{"}
 _LEAD_NUM = re.compile(r"(\d{1,6})[.)][^\S\n]+")
 _CLOSE = {'"': '"', "'": "'", "\u201c": "\u201d", "\u201d": "\u201d", "\u2018": "\u2019",
           "\u2019": "\u2019", "\u00ab": "\u00bb", "\u201e": "\u201c", "`": "`", "*": "*", "_": "_",
@@ -151,50 +150,19 @@ def _is_prose(body: str) -> bool:
     return body.count(" ") >= 7 and body.rstrip("'\"\u201d\u2019)")[-1:] in (".", "!", "?")
 
 
-def _strip_trailing_group(t: str) -> str | None:
-    """``Heat (1995)`` -> ``Heat``; None when ``t`` does not end with a (non-nested)
-    bracketed group or nothing would be left. Linear time (no regex backtracking)."""
-    s = t.rstrip(" \t.,;:")
-    if not s or s[-1] not in _OPEN_FOR:
-        return None
-    o = s.rfind(_OPEN_FOR[s[-1]])
-    if o <= 0:
-        return None
-    inner = s[o + 1:-1]
-    if "(" in inner or ")" in inner or "[" in inner or "]" in inner or "{" in inner or "}" in inner:
-        return None
-    head = s[:o].rstrip(" \t,;:-\u2013\u2014")
-    return head or None
-
-
 # --------------------------------------------------------------------------- catalog side
 
 class CatalogIndex:
-    """Precomputed lookups over one catalog (built once, cached per catalog object):
-    normalised title -> item (the same keys ``Catalog.match`` uses), per-category membership
-    as a byte mask (``mask[item]`` is 1 or 0) and size, and the rank-score table."""
+    """What rewards precompute over one catalog (built once, cached per catalog object):
+    per-category membership as a byte mask (``mask[item]`` is 1 or 0) and size, and the
+    rank-score table. Titles are matched by the catalog itself (:meth:`Catalog.find`)."""
 
-    __slots__ = ("exact", "verbatim", "n_items", "_cats", "_rank_table", "__weakref__")
+    __slots__ = ("n_items", "_cats", "_rank_table", "__weakref__")
 
     def __init__(self, catalog: Catalog):
-        self.exact: dict[str, int] = {}
-        self.verbatim: dict[str, int] = {}           # the strict parser's case-sensitive lookup
-        for i, t in enumerate(catalog.titles[1:], 1):
-            self.exact.setdefault(normalize_title(t), i)
-            self.verbatim.setdefault(t, i)
         self.n_items = len(catalog.titles) - 1
         self._cats: dict[str, tuple[bytes, int]] = {}
         self._rank_table: list[float] | None = None
-
-    def lookup(self, title: str) -> int | None:
-        """Exact match after ``normalize_title`` (same result as ``Catalog.match``)."""
-        if "&" not in title:
-            # a hit on the casefolded string is exactly what normalize_title would give:
-            # normalised keys have no outer whitespace/quotes and no whitespace runs
-            hit = self.exact.get(title.casefold())
-            if hit is not None:
-                return hit
-        return self.exact.get(normalize_title(title))
 
     def category(self, catalog: Catalog, name: str) -> tuple[bytes, int]:
         """(byte mask over items 0..N, category size); unknown name -> DataError (a ValueError)."""
@@ -223,71 +191,6 @@ def catalog_index(catalog: Catalog) -> CatalogIndex:
     idx = CatalogIndex(catalog)
     _INDEXES[key] = (weakref.ref(catalog, lambda _r, k=key: _INDEXES.pop(k, None)), idx)
     return idx
-
-
-def title_variants(title: str) -> list[str]:
-    """What :func:`match_title` tries, in order: the full title, then with trailing
-    ``(...)``/``[...]`` groups stripped one at a time (up to 3), then without trailing ``.,;:``,
-    then (for duplicated numbering ``1. 1. Title``) the same without a leading ``N.``.
-
-    >>> title_variants("Chasing Amy (1997) [246]")
-    ['Chasing Amy (1997) [246]', 'Chasing Amy (1997)', 'Chasing Amy']
-    >>> title_variants("1. Heat.")
-    ['1. Heat.', '1. Heat', 'Heat.', 'Heat']
-    """
-    out = [title]
-    for base in (title, None):
-        if base is None:
-            m = _LEAD_NUM.match(title)
-            if not m:
-                break
-            base = title[m.end():]
-            out.append(base)
-        t = base
-        for _ in range(3):      # at most 3 trailing groups ("Title (1997) [246] (Comedy)")
-            h = _strip_trailing_group(t)
-            if h is None:
-                break
-            t = h
-            out.append(t)
-        s = t.rstrip(".,;:")
-        if s and s != t:
-            out.append(s)
-    seen: set[str] = set()
-    return [v for v in out if v and not (v in seen or seen.add(v))]
-
-
-def match_title(catalog: Catalog, title: str, fuzzy: bool = False) -> int | None:
-    """Item index (1-based) of a parsed title, or None.
-
-    Exact matching (``Catalog.match`` semantics) of the full title first, then of the
-    variants of :func:`title_variants` (trailing year/genre dropped, ...). With ``fuzzy``,
-    when no variant matches exactly, the nearest title within Levenshtein 3
-    (``catalog.match(..., fuzzy=True)``) of the first variant that has one.
-
-    >>> cat = Catalog(["Cape Fear (1991)", "Heat"], [["Thriller"], ["Crime"]])
-    >>> match_title(cat, "Cape Fear (1991)"), match_title(cat, "Heat (1995)")
-    (1, 2)
-    >>> match_title(cat, "Haet") is None, match_title(cat, "Haet", fuzzy=True)
-    (True, 2)
-    """
-    if not isinstance(title, str) or not title:
-        return None
-    idx = catalog_index(catalog)
-    hit = idx.lookup(title)
-    if hit is not None:
-        return hit
-    variants = title_variants(title)
-    for v in variants[1:]:
-        hit = idx.lookup(v)
-        if hit is not None:
-            return hit
-    if fuzzy:
-        for v in variants:
-            hit = catalog.match(v, fuzzy=True)
-            if hit is not None:
-                return hit
-    return None
 
 
 # --------------------------------------------------------------------------- parsing
@@ -340,7 +243,7 @@ def _split_separated(text: str, s: int, e: int, catalog: Catalog | None) -> list
     while i < len(pieces):
         took = 1
         for j in range(min(i + 4, len(pieces)), i + 1, -1):   # greedy: longest re-joined title
-            if match_title(catalog, _clean(text[pieces[i][0]:pieces[j - 1][1]])) is not None:
+            if catalog.find(_clean(text[pieces[i][0]:pieces[j - 1][1]])) is not None:
                 took = j - i
                 break
         out.append((pieces[i][0], pieces[i + took - 1][1]))
@@ -407,13 +310,13 @@ def parse_items(text, catalog: Catalog | None = None) -> list[ParsedItem]:
         else:
             cands = [p for p in plain
                      if not _is_prose(text[p[0]:p[1]])
-                     or (catalog is not None and match_title(catalog, _clean(text[p[0]:p[1]])) is not None)]
+                     or (catalog is not None and catalog.find(_clean(text[p[0]:p[1]])) is not None)]
         if len(cands) == 1:
             b, e, le = cands[0]
             segs = _inline_segments(text, b, e, 1, 2)
             if segs is None:
                 body = text[b:e]
-                if catalog is not None and match_title(catalog, _clean(body)) is not None:
+                if catalog is not None and catalog.find(_clean(body)) is not None:
                     segs = [(b, e)]
                 elif ";" in body or "," in body:
                     c = body.find(": ")
@@ -518,7 +421,7 @@ def parse_answer(text, catalog: Catalog | None = None, parser: str = "lenient") 
 
 
 def lookup_item(catalog: Catalog, title: str, parser: str = "lenient", fuzzy: bool = False) -> int | None:
-    """Item index of a parsed title. ``lenient``: :func:`match_title` (normalised, suffix
+    """Item index of a parsed title. ``lenient``: :meth:`Catalog.find` (normalised, suffix
     variants); ``strict``: the exact, case-sensitive catalog title. ``fuzzy`` then maps an
     unknown title to the nearest title within Levenshtein 3 (an eval number, never a reward
     under the strict protocol).
@@ -528,8 +431,8 @@ def lookup_item(catalog: Catalog, title: str, parser: str = "lenient", fuzzy: bo
     (1, None, 1)
     """
     if parser != "strict":
-        return match_title(catalog, title, fuzzy)
-    hit = catalog_index(catalog).verbatim.get(title)
+        return catalog.find(title, fuzzy)
+    hit = catalog.verbatim(title)
     if hit is None and fuzzy and title:
         hit = catalog.match(title, fuzzy=True)
     return hit

@@ -2,7 +2,7 @@
 
 Pure functions, no tokenizer. The answer is parsed with :mod:`recalign.rewards.parser`
 (the same parser the metrics use) and titles are matched with
-:func:`~recalign.rewards.parser.match_title` (exact; ``fuzzy=True`` adds Levenshtein ≤ 3).
+:meth:`~recalign.data.Catalog.find` (exact; ``fuzzy=True`` adds Levenshtein ≤ 3).
 
 Rules, for the parsed items in order (idx 0-based), requested count m = ``item_count``,
 target y, category C, required in-category count n, α = 0.5:
@@ -28,7 +28,7 @@ from typing import Any, Callable, Mapping, NamedTuple, Sequence
 
 from recalign.data import Catalog
 
-from .parser import ParsedItem, catalog_index, completion_text, lookup_item, match_title, parse_answer
+from .parser import ParsedItem, catalog_index, completion_text, lookup_item, parse_answer
 
 __all__ = ["ALPHA", "LIST_SCALE", "TASKS", "RewardResult", "RowSpec", "canonical_task", "row_spec", "row_rule",
            "item_and_list_rewards", "list_normalizer", "rank_score", "position_discount"]
@@ -333,7 +333,6 @@ def item_and_list_rewards(row: Mapping, text: str | Sequence[str], teacher_ranks
     else:   # conversational messages, bytes, None, ...
         parsed = parse_answer(completion_text(text), catalog, parser)
     cidx = catalog_index(catalog)
-    exact_get = cidx.exact.get
     rank_table = cidx.rank_table()
     n_table = len(rank_table)
     worst = cidx.n_items - 1
@@ -358,12 +357,8 @@ def item_and_list_rewards(row: Mapping, text: str | Sequence[str], teacher_ranks
     target_pos = -1
     if parser == "strict":
         items = [lookup_item(catalog, p[0], "strict") for p in parsed]
-    else:
-        items = [exact_get(p[0].casefold()) if "&" not in p[0] else None for p in parsed]
-    if None in items and parser != "strict":
-        for idx, item in enumerate(items):
-            if item is None:   # beyond m the item is illegal anyway: no (slow) fuzzy search there
-                items[idx] = match_title(catalog, parsed[idx][0], fuzzy and idx < m)
+    else:   # beyond m an item is illegal anyway: no (slow) fuzzy search there
+        items = [catalog.find(p[0], fuzzy and idx < m) for idx, p in enumerate(parsed)]
     for idx, item in enumerate(items):
         if idx >= m:
             st = "exceed"

@@ -8,10 +8,10 @@ import pytest
 import torch
 
 from recalign.data import RecDataset
-from recalign.teacher.config import KARConfig
-from recalign.teacher.kar import (KARReranker, KnowledgeAdapter, RerankLists, build_rerank_lists,
+from recalign.rerank.config import KARConfig
+from recalign.rerank.kar import (KARReranker, KnowledgeAdapter, RerankLists, build_rerank_lists,
                                   score_lists, train_reranker)
-from recalign.teacher.metrics import rerank_metrics
+from recalign.rerank.metrics import rerank_metrics
 
 L2 = math.log2
 

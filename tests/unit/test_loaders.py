@@ -741,7 +741,7 @@ def test_damaged_files_load_or_fail_clearly(which, cut, flips, junk):
 def test_columnar_reader_prepares_exactly_what_the_line_reader_does(tmp_path, monkeypatch, ms):
     """Large CSV logs are read by pyarrow into columns; the prepared dataset must be byte for
     byte the one the line-by-line reader makes (ties, duplicates, blank ratings, ms times)."""
-    from recalign.data import loaders
+    from recalign.data.loaders import generic as loaders
 
     rng = np.random.default_rng(0)
     n = 3000

@@ -6,7 +6,8 @@ import pytest
 from safetensors.torch import load_file
 
 from recalign.data import DataError, RecDataset
-from recalign.trainers.rlrf4rec import RLRF4RecConfig, RLRF4RecLoop, select_pairs, user_prompts
+from recalign.tasks.knowledge import user_prompts
+from recalign.trainers.rlrf4rec import RLRF4RecConfig, RLRF4RecLoop, select_pairs
 
 
 @pytest.mark.parametrize("scores, want", [
