@@ -10,7 +10,38 @@ training model's set-up, and the checkpoint a run resumes from.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from pathlib import Path
+
+
+@dataclass
+class LoRAFields:
+    """The LoRA fields of every trainer config, named as in TRL's ``ModelConfig``. Rank, alpha
+    and dropout default to the method's own values (class attribute ``_LORA``: SFT and A-SFT
+    16/8/0.1 as RecLM-gen's SFT, PPO 4/2/0 and GRPO/RLOO 4/2/0.05 as its RL, the DPO loop 8/16/0.05)."""
+    lora_r: int | None = field(default=None, metadata={
+        "help": "LoRA rank (default: the method's: SFT 16, PPO/GRPO/RLOO 4, DPO loop 8)"})
+    lora_alpha: int | None = field(default=None, metadata={
+        "help": "LoRA alpha (default: the method's: SFT 8, PPO/GRPO/RLOO 2, DPO loop 16)"})
+    lora_dropout: float | None = field(default=None, metadata={
+        "help": "LoRA dropout (default: the method's: SFT 0.1, GRPO/RLOO and DPO loop 0.05, PPO 0 so that "
+                "rollout and update log-probs come from the same function)"})
+    lora_target_modules: str = field(default="all-linear", metadata={"help": "'all-linear' or comma-separated names"})
+    lora_top_layers: int | None = field(default=None, metadata={
+        "help": "LoRA only on the last N decoder layers (backward then stops early: faster on CPU)"})
+
+    _LORA = (16, 8, 0.1)            # class attribute, not a field: (r, alpha, dropout) defaults
+
+    def __post_init__(self):
+        r, alpha, dropout = self._LORA
+        self.lora_r = r if self.lora_r is None else self.lora_r
+        self.lora_alpha = alpha if self.lora_alpha is None else self.lora_alpha
+        self.lora_dropout = dropout if self.lora_dropout is None else self.lora_dropout
+        if self.lora_r < 1:
+            raise ValueError(f"lora_r must be >= 1, got {self.lora_r}")
+        parent = getattr(super(), "__post_init__", None)
+        if parent is not None:
+            parent()
 
 
 def model_config(cfg):

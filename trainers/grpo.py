@@ -28,11 +28,13 @@ from pathlib import Path
 
 from trl import GRPOConfig, RLOOConfig
 
+from .common import LoRAFields
+
 METHODS = ("grpo", "rloo")
 
 
 @dataclass
-class _RecRLFields:
+class _RecRLFields(LoRAFields):
     """The fields GRPO and RLOO share on top of TRL's config, and CPU-sized defaults."""
     model: str = field(default="smollm2-135m-instruct",
                        metadata={"help": "base model: preset, .gguf file, local HF directory or hub id"})
@@ -43,12 +45,6 @@ class _RecRLFields:
     tasks: str | None = field(default=None, metadata={
         "help": "comma-separated tasks to train on (default: every task the rewards judge: I0, I1*, I2*)"})
     max_train_samples: int | None = field(default=None, metadata={"help": "subsample the training rows"})
-    lora_r: int = field(default=4, metadata={"help": "LoRA rank (RecLM-gen RL: 4)"})
-    lora_alpha: int = field(default=2, metadata={"help": "LoRA alpha (RecLM-gen RL: 2)"})
-    lora_dropout: float = field(default=0.05, metadata={"help": "LoRA dropout"})
-    lora_target_modules: str = field(default="all-linear", metadata={"help": "'all-linear' or comma-separated names"})
-    lora_top_layers: int | None = field(default=None, metadata={
-        "help": "LoRA only on the last N decoder layers (backward then stops early: faster on CPU)"})
     format_reward_weight: float = field(default=1.0, metadata={
         "help": "weight of the format reward (in [0, 1]) next to the list reward (weight 1, ×10 scale); sets "
                 "TRL's reward_weights unless those are given"})
@@ -81,6 +77,7 @@ class _RecRLFields:
     gradient_checkpointing: bool = field(default=False, metadata={"help": "recompute activations (saves memory)"})
 
     _METHOD = ""                        # class attribute, not a field: "grpo" or "rloo"
+    _LORA = (4, 2, 0.05)
 
     def __post_init__(self):
         from recalign.trainers.sft import check_lora_fields

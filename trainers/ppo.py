@@ -51,11 +51,17 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from .common import LoRAFields
+
 ILLEGAL = ("nonexist", "repeat", "history", "exceed")
 
 
 @dataclass
-class RecPPOConfig:
+class RecPPOConfig(LoRAFields):
+    # actor and critic LoRA (RecLM-gen PPO: r 4, alpha 2, all linear layers; dropout 0 keeps rollout
+    # and update log-probs one function)
+    _LORA = (4, 2, 0.0)
+
     # model and data
     model: str = field(default="smollm2-135m-instruct",
                        metadata={"help": "preset, .gguf file, local HF directory or hub id"})
@@ -67,13 +73,6 @@ class RecPPOConfig:
     teacher: str | None = field(default=None, metadata={"help": "teacher dir for rank rewards (default: the data card's)"})
     max_train_samples: int | None = field(default=None, metadata={"help": "subsample the training rows"})
     seed: int = field(default=42, metadata={"help": "seed for prompts, sampling and initialisation"})
-    # actor and critic LoRA (RecLM-gen PPO: r 4, alpha 2, all linear layers)
-    lora_r: int = field(default=4, metadata={"help": "LoRA rank of actor and critic"})
-    lora_alpha: int = field(default=2, metadata={"help": "LoRA alpha of actor and critic"})
-    lora_dropout: float = field(default=0.0, metadata={
-        "help": "LoRA dropout (0: rollout and update log-probs then come from the same function)"})
-    lora_target_modules: str = field(default="all-linear", metadata={"help": "'all-linear' or comma-separated names"})
-    lora_top_layers: int | None = field(default=None, metadata={"help": "LoRA only on the last N decoder layers"})
     # rollouts
     steps: int = field(default=100, metadata={"help": "rollout + update steps"})
     prompts_per_step: int = field(default=8, metadata={"help": "training rows per rollout batch"})
@@ -157,6 +156,7 @@ class RecPPOConfig:
     resume: bool = field(default=False, metadata={"help": "resume from the last checkpoint in output_dir"})
 
     def __post_init__(self):
+        super().__post_init__()
         problems = []
         if self.steps < 1:
             problems.append(f"steps must be >= 1, got {self.steps}")

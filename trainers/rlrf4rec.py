@@ -4,7 +4,7 @@ it, DPO on the best and worst texts aligns the LLM (REFERENCE.md §2), for R rou
 Round 0: the starting LLM writes one (greedy) knowledge text per user; a frozen encoder
 (mean-pooled last hidden states, ``models/encoder.py``) turns knowledge and item facts into
 vectors; KAR-style rerankers (hybrid-expert adapter + DLCM or PRM backbone,
-``teacher/kar.py``) are trained on lists of 10 items per user three ways: item ids only,
+``rerank/kar.py``) are trained on lists of 10 items per user three ways: item ids only,
 item facts with zero user knowledge (item vectors help on their own, so this is the
 baseline that isolates the user knowledge), and item facts + user knowledge; each is
 measured on the users' held-out test lists (NDCG@K with gain 2^rel − 1, MAP@K).
@@ -36,13 +36,16 @@ from typing import Sequence
 
 import numpy as np
 
-FACTORS = ["genre", "director/actors", "time period/country", "character", "plot/theme", "mood/tone",
-           "critical acclaim", "production quality", "soundtrack"]
-SYSTEM = "You are an expert in movies and in people's tastes."
+from recalign.eval.report import write_rlrf4rec_report
+from recalign.tasks.knowledge import item_metadata_texts, item_prompts, user_prompts
+
+from .common import LoRAFields
 
 
 @dataclass
-class RLRF4RecConfig:
+class RLRF4RecConfig(LoRAFields):
+    _LORA = (8, 16, 0.05)          # each round's DPO adapter
+
     # model and data
     model: str = field(default="smollm2-135m-instruct", metadata={"help": "the LLM that writes knowledge"})
     adapter: str | None = field(default=None, metadata={"help": "adapter to start from (e.g. an SFT output)"})
@@ -61,7 +64,7 @@ class RLRF4RecConfig:
     item_knowledge: str = field(default="metadata", metadata={
         "help": "'metadata' (title, year, genres as the item facts) or 'generate' (the LLM writes item facts)"})
     encoder: str | None = field(default=None, metadata={"help": "frozen encoder model (default: --model)"})
-    # reranker (teacher/config.py KARConfig) and the score of a text
+    # reranker (rerank/config.py KARConfig) and the score of a text
     backbones: str = field(default="dlcm,prm", metadata={"help": "reranking backbones; the first one scores texts"})
     score_metric: str = field(default="NDCG@5", metadata={"help": "per-user score of a text: NDCG@K or MAP@K"})
     list_len: int = field(default=10, metadata={"help": "items per reranking list"})
@@ -78,13 +81,9 @@ class RLRF4RecConfig:
     num_train_epochs: float = field(default=3.0, metadata={"help": "DPO epochs per round (RLRF4Rec: 3)"})
     max_steps: int = field(default=-1, metadata={"help": "cap DPO steps per round (-1: epochs decide)"})
     max_length: int = field(default=1024, metadata={"help": "DPO prompt + answer tokens"})
-    lora_r: int = field(default=8, metadata={"help": "LoRA rank of each round's adapter"})
-    lora_alpha: int = field(default=16, metadata={"help": "LoRA alpha"})
-    lora_dropout: float = field(default=0.05, metadata={"help": "LoRA dropout"})
-    lora_target_modules: str = field(default="all-linear", metadata={"help": "'all-linear' or comma-separated names"})
-    lora_top_layers: int | None = field(default=None, metadata={"help": "LoRA only on the last N decoder layers"})
 
     def __post_init__(self):
+        super().__post_init__()
         problems = []
         if self.loss_type not in ("sigmoid", "ipo"):
             problems.append(f"loss_type must be 'sigmoid' or 'ipo', got {self.loss_type!r}")
@@ -103,58 +102,6 @@ class RLRF4RecConfig:
     @property
     def k(self) -> int:
         return int(self.score_metric.split("@")[1])
-
-
-# --------------------------------------------------------------------------- prompts
-def user_prompts(ds, users: Sequence[int], cut: dict, history_len: int) -> list[list[dict]]:
-    """The knowledge prompt per user: description (where the data has one) and the last
-    ``history_len`` rated items before ``cut[u]`` (valid/test items never appear)."""
-    from recalign.templates.render import Renderer
-
-    r = Renderer()
-    desc = {}
-    if ds.users is not None:
-        cols = [c for c in ("age", "gender", "occupation") if c in ds.users.columns]
-        for row in ds.users[["user_idx", *cols]].itertuples(index=False):
-            desc[int(row[0])] = {c: v for c, v in zip(cols, row[1:]) if v is not None and str(v) != "nan"}
-    titles = ds.catalog.titles
-    cats = ds.items.set_index("item_idx")["categories"].to_dict() if "categories" in ds.items.columns else {}
-    top = float(np.nanmax(np.concatenate(ds.ratings))) if ds.ratings is not None else 5.0
-    out = []
-    for u in users:
-        n = cut[u]
-        seq = ds.sequences[u][:n][-history_len:]
-        rat = ds.ratings[u][:n][-history_len:] if ds.ratings is not None else [top] * len(seq)
-        hist = [{"title": titles[i], "rating": float(x), "categories": list(cats.get(int(i), ()))}
-                for i, x in zip(seq, rat)]
-        text = r.render("knowledge_user.jinja", user=desc.get(int(u), {}), history=hist,
-                        max_rating=int(top), factors=FACTORS)
-        out.append([{"role": "system", "content": SYSTEM}, {"role": "user", "content": text}])
-    return out
-
-
-def item_prompts(ds) -> list[list[dict]]:
-    from recalign.templates.render import Renderer
-
-    r = Renderer()
-    out = []
-    for row in ds.items.itertuples(index=False):
-        year = getattr(row, "year", None)
-        cats = list(getattr(row, "categories", ()))
-        text = r.render("knowledge_item.jinja", title=row.title, year=year if year and str(year) != "nan" else None,
-                        categories=cats, factors=FACTORS)
-        out.append([{"role": "system", "content": SYSTEM}, {"role": "user", "content": text}])
-    return out
-
-
-def item_metadata_texts(ds) -> list[str]:
-    """Item facts without an LLM: "Title (year): genre, genre" (index 0 = padding, empty)."""
-    out = [""]
-    for row in ds.items.itertuples(index=False):
-        year = getattr(row, "year", None)
-        cats = ", ".join(getattr(row, "categories", ()))
-        out.append(f"{row.title}" + (f" ({year})" if year and str(year) != "nan" else "") + (f": {cats}" if cats else ""))
-    return out
 
 
 # --------------------------------------------------------------------------- selection
@@ -186,7 +133,7 @@ class RLRF4RecLoop:
     def __init__(self, cfg: RLRF4RecConfig, log=None):
         from recalign.data import RecDataset
         from recalign.data.util import DataError
-        from recalign.teacher.kar import build_rerank_lists
+        from recalign.rerank.kar import build_rerank_lists
 
         if cfg.data is None:
             raise DataError("--data is required: a dataset directory from `recalign data prepare`")
@@ -250,7 +197,7 @@ class RLRF4RecLoop:
 
     # ----- reranker
     def _kar_cfg(self, backbone: str):
-        from recalign.teacher.config import KARConfig
+        from recalign.rerank.config import KARConfig
 
         return KARConfig(backbone=backbone, epochs=self.cfg.kar_epochs, patience=self.cfg.kar_patience,
                          seed=self.cfg.seed)
@@ -260,8 +207,8 @@ class RLRF4RecLoop:
 
     def train_eval(self, backbone: str, user_vecs, item_vecs) -> tuple[object, dict]:
         """A reranker trained with (or without: ``user_vecs=None``) knowledge, and its test metrics."""
-        from recalign.teacher.kar import score_lists, train_reranker
-        from recalign.teacher.metrics import rerank_metrics
+        from recalign.rerank.kar import score_lists, train_reranker
+        from recalign.rerank.metrics import rerank_metrics
 
         iv = item_vecs if user_vecs is not None else None
         model, _ = train_reranker(self.train_l, self.valid_l, self._kar_cfg(backbone),
@@ -273,8 +220,8 @@ class RLRF4RecLoop:
     def score_texts(self, scorer, cand_vecs: np.ndarray, item_vecs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """[n_users, N] score_metric of each candidate on its user's validation list, and the
         tie-break: the softmax mass the reranker puts on the list's positives."""
-        from recalign.teacher.kar import score_lists
-        from recalign.teacher.metrics import rerank_metrics
+        from recalign.rerank.kar import score_lists
+        from recalign.rerank.metrics import rerank_metrics
 
         n_users, n = cand_vecs.shape[:2]
         vl = {int(u): i for i, u in enumerate(self.valid_l.users)}
@@ -414,60 +361,6 @@ class RLRF4RecLoop:
         rows = [json.loads(x) for x in (rdir / "knowledge.jsonl").read_text().splitlines()]
         by_user = {int(x["user_idx"]): x["text"] for x in rows}
         return self.encoder.encode([by_user.get(u, "") for u in self.users])
-
-
-def write_rlrf4rec_report(out: Path, results: list[dict], backbones: list[str]) -> Path:
-    """report.md: no knowledge / base-LLM knowledge / rounds per backbone, plus plots."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    ks = (1, 3, 5, 7)
-    cols = [f"NDCG@{k}" for k in ks] + [f"MAP@{k}" for k in ks]
-    lines = ["# RLRF4Rec report", "",
-             f"{results[0]['users']} users ({results[0].get('skipped_users', 0)} skipped: too few ratings); "
-             "reranking lists of 10 items (interacted + random negatives), label = rating >= 4; "
-             "metrics on each user's held-out test list.", "",
-             "| backbone | knowledge | " + " | ".join(cols) + " |", "|---|---|" + "---|" * len(cols)]
-    for b in backbones:
-        for key, label in (("no_knowledge", "none (item ids only)"), ("items_only", "item facts, no user knowledge")):
-            nk = results[0].get(key, {}).get(b)
-            if nk:
-                lines.append(f"| {b} | {label} | " + " | ".join(f"{nk[c]:.4f}" for c in cols) + " |")
-        for res in results:
-            m = res["metrics"][b]
-            label = "base LLM" if res["round"] == 0 else f"DPO round {res['round']}"
-            lines.append(f"| {b} | {label} | " + " | ".join(f"{m[c]:.4f}" for c in cols) + " |")
-    rounds = [r for r in results if r["round"] > 0]
-    if rounds:
-        lines += ["", "| round | pairs | tied users | empty texts | mean candidate score | chosen − rejected |",
-                  "|---|---|---|---|---|---|"]
-        for r in rounds:
-            lines.append(f"| {r['round']} | {r['pairs']} | {r['tied_users']} | {r['empty_texts']} | "
-                         f"{r['candidate_score_mean']:.4f} | {r['chosen_minus_rejected']:.4f} |")
-    (out / "plots").mkdir(exist_ok=True)
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
-    for ax, metric in zip(axes, ("NDCG@5", "MAP@5")):
-        for b in backbones:
-            xs = [r["round"] for r in results]
-            line, = ax.plot(xs, [r["metrics"][b][metric] for r in results], marker="o", label=b)
-            nk = results[0].get("items_only", {}).get(b)
-            if nk:
-                ax.axhline(nk[metric], color=line.get_color(), linestyle="--", linewidth=1,
-                           label=f"{b}, no user knowledge")
-        ax.set_xlabel("round (0 = base LLM)")
-        ax.set_title(metric)
-    axes[0].legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(out / "plots" / "rounds.png", dpi=90)
-    plt.close(fig)
-    lines += ["", "![plots/rounds.png](plots/rounds.png)", ""]
-    path = out / "report.md"
-    from recalign.data.util import atomic_write
-
-    atomic_write(path, "\n".join(lines))
-    return path
 
 
 def run(cfg: RLRF4RecConfig) -> Path:

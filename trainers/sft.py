@@ -18,21 +18,17 @@ from pathlib import Path
 
 from trl import SFTConfig
 
+from .common import LoRAFields
+
 
 @dataclass
-class RecSFTConfig(SFTConfig):
+class RecSFTConfig(LoRAFields, SFTConfig):
     model: str = field(default="smollm2-135m-instruct",
                        metadata={"help": "preset, .gguf file, local HF directory or hub id"})
     data: str | None = field(default=None, metadata={"help": "directory from `recalign data build`"})
     tasks: str | None = field(default=None, metadata={"help": "comma-separated tasks to train on (default: all)"})
     max_train_samples: int | None = field(default=None, metadata={"help": "subsample the training rows"})
     eval_samples: int = field(default=0, metadata={"help": "validation rows for eval loss (0: none)"})
-    lora_r: int = field(default=16, metadata={"help": "LoRA rank (RecLM-gen SFT: 16)"})
-    lora_alpha: int = field(default=8, metadata={"help": "LoRA alpha (RecLM-gen SFT: 8)"})
-    lora_dropout: float = field(default=0.1, metadata={"help": "LoRA dropout"})
-    lora_target_modules: str = field(default="all-linear", metadata={"help": "'all-linear' or comma-separated names"})
-    lora_top_layers: int | None = field(default=None, metadata={
-        "help": "LoRA only on the last N decoder layers (backward then stops early: faster on CPU)"})
     load_in_4bit: bool = field(default=False, metadata={"help": "QLoRA: load the base model in 4-bit (bitsandbytes)"})
     resume: bool = field(default=False, metadata={"help": "resume from the last checkpoint in output_dir"})
     cpu_bf16: bool = field(default=False, metadata={
@@ -62,8 +58,6 @@ def check_lora_fields(cfg) -> None:
         if want and not (torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()):
             raise ValueError("--cpu_bf16: this CPU has neither AVX512-BF16 nor AMX; train in fp32")
         cfg.bf16 = want
-    if cfg.lora_r < 1:
-        raise ValueError(f"lora_r must be >= 1, got {cfg.lora_r}")
 
 
 def load_rows(cfg: RecSFTConfig):
