@@ -76,10 +76,18 @@ class _RecRLFields(LoRAFields):
     logging_steps: float = field(default=1, metadata={"help": "log every N optimizer steps"})
     gradient_checkpointing: bool = field(default=False, metadata={"help": "recompute activations (saves memory)"})
 
-    _METHOD = ""                        # class attribute, not a field: "grpo" or "rloo"
+    beta: float | None = field(default=None, metadata={
+        "help": "KL coefficient against the SFT model (default: GRPO 0.04, the k3 estimator in the loss, as in "
+                "DeepSeekMath; RLOO 0.05, k1 subtracted from the sequence reward, TRL's default). 0.0 means no "
+                "KL and no reference pass"})
+
+    _METHOD = ""                        # class attributes, not fields: "grpo" or "rloo",
+    _BETA = 0.0                         # the method's KL default
     _LORA = (4, 2, 0.05)
 
     def __post_init__(self):
+        if self.beta is None:
+            self.beta = self._BETA
         from recalign.trainers.sft import check_lora_fields
 
         check_lora_fields(self)
@@ -94,18 +102,12 @@ class _RecRLFields(LoRAFields):
 
 @dataclass
 class RecGRPOConfig(_RecRLFields, GRPOConfig):
-    beta: float = field(default=0.04, metadata={
-        "help": "KL coefficient against the SFT model (k3 estimator in the loss). TRL's GRPO default 0.0 means "
-                "no KL at all and no reference pass; 0.04 as in DeepSeekMath's GRPO"})
-    _METHOD = "grpo"
+    _METHOD, _BETA = "grpo", 0.04       # DeepSeekMath's GRPO (TRL's default 0.0 is no KL at all)
 
 
 @dataclass
 class RecRLOOConfig(_RecRLFields, RLOOConfig):
-    beta: float = field(default=0.05, metadata={
-        "help": "KL coefficient against the SFT model (k1, subtracted from the sequence reward; TRL's RLOO "
-                "default). 0.0 means no KL and no reference pass"})
-    _METHOD = "rloo"
+    _METHOD, _BETA = "rloo", 0.05       # TRL's RLOO default
 
 
 CONFIGS = {"grpo": RecGRPOConfig, "rloo": RecRLOOConfig}
