@@ -456,8 +456,8 @@ def _lm_eval_yaml(rel: str) -> dict:
 
     spec = find_spec("lm_eval")
     if spec is None or not spec.submodule_search_locations:
-        raise DataError("retention needs lm-evaluation-harness: pip install lm-eval (it is in recalign's "
-                        "dev and cpu extras)")
+        raise DataError("retention needs lm-evaluation-harness, a recalign dependency: "
+                        "pip install 'lm-eval>=0.4.9,<0.5'")
     path = Path(list(spec.submodule_search_locations)[0]) / "tasks" / rel
     try:
         cfg = yaml.safe_load(path.read_text())
