@@ -435,6 +435,7 @@ def compare_retention(a: dict, b: dict) -> list[dict]:
 MMLU_GROUP = "recalign_mmlu"
 GSM8K_TASK = "recalign_gsm8k_cot"
 GSM8K_FILTER = "flexible-extract"        # the last number of the answer (REFERENCE.md §1.5)
+TASKS_VERSION = 1                         # of what write_tasks writes: part of a cached folder's name
 
 
 @dataclass
@@ -540,8 +541,6 @@ def write_tasks(folder=None, mmlu=None, gsm8k=None, *, mmlu_limit: int | None = 
     ['recalign_gsm8k_cot']
     """
     import hashlib
-    import shutil
-    import tempfile
 
     if mmlu is None and gsm8k is None:
         raise DataError("retention: give --mmlu and/or --gsm8k (e.g. ../shared/data/mmlu, "
@@ -556,28 +555,40 @@ def write_tasks(folder=None, mmlu=None, gsm8k=None, *, mmlu_limit: int | None = 
             except DataError as e:
                 raise DataError(f"{e}; {k_shot}-shot prompts need the dev split (or pass k_shot=0)") from None
     problems = load_gsm8k(gsm8k, limit=gsm8k_limit) if gsm8k is not None else []
+    # a folder named by its content is complete once it exists (it appears by rename): every
+    # eval stage of a run reuses it instead of rewriting it under a recorded `lm_eval` command
+    named_by_content = folder is None
     if folder is None:
         from recalign.data.assets import cache_dir
         from importlib.metadata import version
 
-        h = hashlib.sha256(f"lm_eval {version('lm_eval')} k_shot {k_shot}".encode())
+        h = hashlib.sha256(f"v{TASKS_VERSION} lm_eval {version('lm_eval')} k_shot {k_shot}".encode())
         for q in questions + [d for d in dev if d.subject in {q.subject for q in questions}]:
             h.update(repr(q).encode())
         for p in problems:
             h.update(repr(p).encode())
         folder = cache_dir() / "retention" / h.hexdigest()[:16]
     folder = Path(folder).resolve()
-    # written beside, then renamed: a crash never leaves a folder lm-eval half-reads
+    tasks = ([MMLU_GROUP] if questions else []) + ([GSM8K_TASK] if problems else [])
+    if not named_by_content or not folder.exists():
+        _write_folder(folder, questions, dev, problems, k_shot, str(mmlu))
+    return RetentionTasks(folder, tasks, questions, problems,
+                          str(mmlu) if mmlu is not None else None, str(gsm8k) if gsm8k is not None else None)
+
+
+def _write_folder(folder: Path, questions, dev, problems, k_shot: int, source: str) -> None:
+    """The task YAMLs and data files, written beside ``folder`` and renamed into place, so a
+    crash never leaves a folder lm-eval half-reads."""
+    import shutil
+    import tempfile
+
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
     try:
-        tasks = []
         if questions:
-            _mmlu_task_yamls(tmp, questions, dev, k_shot, str(mmlu))
-            tasks.append(MMLU_GROUP)
+            _mmlu_task_yamls(tmp, questions, dev, k_shot, source)
         if problems:
             _gsm8k_task_yaml(tmp, problems)
-            tasks.append(GSM8K_TASK)
         # the YAMLs name their data files by absolute path: point them at the final folder
         for y in tmp.glob("*.yaml"):
             y.write_text(y.read_text(encoding="utf-8").replace(str(tmp), str(folder)), encoding="utf-8")
@@ -586,8 +597,6 @@ def write_tasks(folder=None, mmlu=None, gsm8k=None, *, mmlu_limit: int | None = 
         tmp.rename(folder)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    return RetentionTasks(folder, tasks, questions, problems,
-                          str(mmlu) if mmlu is not None else None, str(gsm8k) if gsm8k is not None else None)
 
 
 # ------------------------------------------------------------------------------ running
