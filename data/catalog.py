@@ -35,7 +35,7 @@ def normalize_title(text: str) -> str:
 
 
 _OPEN_FOR = {")": "(", "]": "[", "}": "{"}
-_LEAD_NUM = re.compile(r"(\d{1,6})[.)][^\S\n]+")
+LEAD_NUMBER = re.compile(r"(\d{1,6})[.)][^\S\n]+")   # "1. " / "1) " before a title (the parser's too)
 
 
 def _strip_trailing_group(t: str) -> str | None:
@@ -67,7 +67,7 @@ def title_variants(title: str) -> list[str]:
     out = [title]
     for base in (title, None):
         if base is None:
-            m = _LEAD_NUM.match(title)
+            m = LEAD_NUMBER.match(title)
             if not m:
                 break
             base = title[m.end():]

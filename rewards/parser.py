@@ -40,6 +40,7 @@ import weakref
 from typing import Any, Mapping, NamedTuple
 
 from recalign.data import Catalog
+from recalign.data.catalog import LEAD_NUMBER
 
 __all__ = ["ParsedItem", "parse_items", "parse_items_strict", "parse_answer", "lookup_item", "PARSERS",
            "parse_list", "CatalogIndex", "catalog_index", "as_text",
@@ -80,7 +81,6 @@ _PROSE_START = re.compile(
     r"these (?:are|movies|items|films|titles|recommendations)\b|hope (?:you|this)\b|enjoy[!.]|"
     r"note[:,]|let me\b|below\b|as an\b|you (?:might|may|will|could|should|can)\b|"
     r"if you\b|happy (?:watching|viewing|reading|gaming)\b)", re.I)
-_LEAD_NUM = re.compile(r"(\d{1,6})[.)][^\S\n]+")
 _CLOSE = {'"': '"', "'": "'", "\u201c": "\u201d", "\u201d": "\u201d", "\u2018": "\u2019",
           "\u2019": "\u2019", "\u00ab": "\u00bb", "\u201e": "\u201c", "`": "`", "*": "*", "_": "_",
           "\u300c": "\u300d", "\u300e": "\u300f"}
@@ -350,7 +350,7 @@ def _numbered_slow(text: str, marker: str, b: int, e: int, le: int, out: list) -
     dm = _DIGITS.search(marker)
     k = int(dm.group()) if dm else None
     if k is not None and body[0].isdigit():
-        lm = _LEAD_NUM.match(body)
+        lm = LEAD_NUMBER.match(body)
         if lm and int(lm.group(1)) == k and lm.end() < len(body):
             b += lm.end()
             body = body[lm.end():]
